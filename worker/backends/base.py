@@ -1,0 +1,100 @@
+"""The backend interface the model adapters are written against.
+
+An adapter's forward pass is written once, in terms of these operations; the NumPy backend
+(the reference, CPU) and the CuPy backend (CUDA) implement them. Arrays are the backend's own
+(numpy.ndarray or cupy.ndarray); `to_host` brings one back as NumPy.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from worker.gguf_file import GGUFFile
+from worker.model_config import ModelConfig
+
+Array = Any
+
+
+class OutOfDeviceMemory(MemoryError):
+    """A job needed more device memory than the budget allows (maps to VRAM_OOM)."""
+
+    def __init__(self, requested: int, in_use: int, limit: int) -> None:
+        self.requested, self.in_use, self.limit = requested, in_use, limit
+        super().__init__(f"out of device memory: requested {requested} B with {in_use} B in use, limit {limit} B")
+
+
+@dataclass
+class KVCache:
+    """Per-job K and V buffers, [layer][position, kv_head, head_dim], sized for the job."""
+
+    k: Array
+    v: Array
+    capacity: int
+    nbytes: int
+
+
+class Backend(ABC):
+    name: str  # "cpu" or "cuda:N"
+
+    # -- loading ---------------------------------------------------------------------------
+    @abstractmethod
+    def matrix(self, f: GGUFFile, name: str) -> Any:
+        """A weight matrix [out, in] in the form linear() consumes."""
+
+    @abstractmethod
+    def vector(self, f: GGUFFile, name: str) -> Array:
+        """A 1-D float32 tensor (norm weights, biases)."""
+
+    @abstractmethod
+    def embedding(self, f: GGUFFile, name: str) -> Any:
+        """A token-embedding table whose rows embed() looks up."""
+
+    # -- memory ----------------------------------------------------------------------------
+    @abstractmethod
+    def new_kv_cache(self, cfg: ModelConfig, capacity: int) -> KVCache:
+        """Allocate a job's KV cache; raises OutOfDeviceMemory past the budget."""
+
+    @abstractmethod
+    def free_kv_cache(self, cache: KVCache) -> None: ...
+
+    @abstractmethod
+    def memory_in_use(self) -> int:
+        """Bytes the backend holds now (weights + live job buffers)."""
+
+    # -- compute ---------------------------------------------------------------------------
+    @abstractmethod
+    def embed(self, table: Any, ids: np.ndarray) -> Array: ...
+
+    @abstractmethod
+    def linear(self, x: Array, w: Any, bias: Array | None = None) -> Array:
+        """x [n, in] @ w.T -> [n, out] (+ bias)."""
+
+    @abstractmethod
+    def rms_norm(self, x: Array, weight: Array, eps: float) -> Array: ...
+
+    @abstractmethod
+    def rope(self, x: Array, positions: np.ndarray, cfg: ModelConfig) -> Array:
+        """Rotate x [n, heads, head_dim] in place of position; layout from cfg.rope_style."""
+
+    @abstractmethod
+    def attention(
+        self, q: Array, k: Array, v: Array, cache: KVCache, layer: int, start: int
+    ) -> Array:
+        """Store k, v [n, kv_heads, d] at positions start..start+n, then causal GQA attention
+        of q [n, heads, d] over positions 0..start+n; returns [n, heads * d]."""
+
+    @abstractmethod
+    def swiglu(self, gate: Array, up: Array) -> Array: ...
+
+    @abstractmethod
+    def add(self, a: Array, b: Array) -> Array: ...
+
+    @abstractmethod
+    def last_row(self, x: Array) -> Array: ...
+
+    @abstractmethod
+    def to_host(self, x: Array) -> np.ndarray: ...
