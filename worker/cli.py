@@ -119,7 +119,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from worker.models.registry import DEFAULT_MODEL, MODELS, cache_dir, pull
+    from worker.models.registry import DEFAULT_MODEL, MODELS, cache_dir, pull, verify
 
     if args.action == "list":
         for name, m in MODELS.items():
@@ -127,6 +127,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             default = " (default)" if name == DEFAULT_MODEL else ""
             print(f"{name}{default}: {m.description}; {m.size} bytes; {'cached' if cached else 'not cached'}")
         return 0
+    if args.action == "verify":
+        bad = [n for n in args.names or list(MODELS) if not verify(n)]
+        for name in args.names or list(MODELS):
+            print(f"{name}: {'FAILED' if name in bad else 'ok'} (full SHA-256 of the cached file)")
+        return 1 if bad else 0
     for name in args.names or [DEFAULT_MODEL]:
         print(pull(name))
     return 0
@@ -174,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     m = sub.add_parser("models", help="the model registry")
-    m.add_argument("action", choices=["pull", "list"])
+    m.add_argument("action", choices=["pull", "list", "verify"])
     m.add_argument("names", nargs="*")
     m.set_defaults(func=cmd_models)
     return ap

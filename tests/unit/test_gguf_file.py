@@ -9,34 +9,9 @@ import gguf
 import numpy as np
 import pytest
 
+from fixtures.tiny import write_tiny
 from worker.gguf_file import GGUFError, GGUFFile
 from worker.model_config import ModelConfig, UnsupportedArchitecture
-
-
-def write_tiny(path: Path, arch: str = "llama", *, extra: dict | None = None) -> Path:
-    """A small valid llama-style file (2 tensors are enough for the reader)."""
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(1)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(128)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
-    w.add_context_length(256)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(32)])
-    for k, v in (extra or {}).items():
-        w.add_string(k, v)
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((32, 64), dtype=np.float32)
-    w.add_tensor("token_embd.weight", gguf.quants.quantize(emb, gguf.GGMLQuantizationType.Q8_0),
-                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    w.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,17 +151,9 @@ def resolve(model: str | os.PathLike[str] | None) -> Path:
 
 def verify(name: str) -> bool:
     """Full SHA-256 check of a cached model (pull only checks the size on reuse)."""
-    model = MODELS[name]
+    model = MODELS.get(name)
+    if model is None:
+        raise ModelNotFound(f"unknown model {name!r}; registry models: {', '.join(sorted(MODELS))}")
     path = cache_dir() / model.filename
     return path.exists() and _sha256(path) == model.sha256
 
-
-def copy_into_cache(name: str, source: Path) -> Path:
-    """Seed the cache from a file already on disk (checked like a download)."""
-    model = MODELS[name]
-    if _sha256(source) != model.sha256:
-        raise RuntimeError(f"{source} is not {name} (sha256 mismatch)")
-    dest = cache_dir() / model.filename
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, dest)
-    return dest
