@@ -98,3 +98,49 @@ class Backend(ABC):
 
     @abstractmethod
     def to_host(self, x: Array) -> np.ndarray: ...
+
+    # -- operations of some architectures (gpt2, phi3, gpt-oss); optional per backend ----------
+    def experts(self, f: GGUFFile, name: str) -> Any:
+        """A 3-D expert tensor [n_expert, out, in] in the form linear_expert() consumes."""
+        raise NotImplementedError("experts not implemented on this backend")
+
+    def linear_expert(self, x: Array, w: Any, expert: int, bias: Array | None = None) -> Array:
+        """x [n, in] @ w[expert].T -> [n, out] (+ bias[expert], bias being [n_expert, out])."""
+        raise NotImplementedError("linear_expert not implemented on this backend")
+
+    def layer_norm(self, x: Array, weight: Array, bias: Array, eps: float) -> Array:
+        raise NotImplementedError("layer_norm not implemented on this backend")
+
+    def gelu(self, x: Array) -> Array:
+        """GELU, tanh approximation (as ggml computes it)."""
+        raise NotImplementedError("gelu not implemented on this backend")
+
+    def swiglu_oai(self, gate: Array, up: Array, alpha: float, limit: float) -> Array:
+        """gpt-oss's clamped SwiGLU: g = min(gate, limit); g * sigmoid(alpha g) * (clamp(up) + 1)."""
+        raise NotImplementedError("swiglu_oai not implemented on this backend")
+
+    def scale(self, x: Array, s: float) -> Array:
+        raise NotImplementedError("scale not implemented on this backend")
+
+    def attention_ext(
+        self, q: Array, k: Array, v: Array, cache: KVCache, layer: int, start: int, *,
+        kq_scale: float | None = None, sinks: Array | None = None, window: int = 0,
+    ) -> Array:
+        """attention() with options: kq_scale (default 1/sqrt(d)), per-head sink logits [heads]
+        counted in the softmax denominator, and a sliding window (a key at position p is seen
+        from query position t iff t - p < window; 0 = no window)."""
+        raise NotImplementedError("attention_ext not implemented on this backend")
+
+    # -- status (defaults for backends with no device) --------------------------------------
+    def verify_residency(self) -> dict[str, Any]:
+        """Check that every weight and KV-cache buffer is device memory. `resident` is the
+        verdict /health reports; a backend with no device (the CPU reference) says False."""
+        return {"resident": False, "device": self.name, "buffers": 0, "bytes": 0, "failures": []}
+
+    def device_info(self) -> dict[str, Any]:
+        """What /health reports about the device (`sm`, `cuda_runtime_version`, ...)."""
+        return {"device": self.name}
+
+    def close(self) -> None:
+        """Release the backend's device memory (weights, caches, pools); no-op by default."""
+        return None

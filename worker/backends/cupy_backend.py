@@ -1,0 +1,692 @@
+"""The CUDA backend (CuPy + kernels in worker/backends/cuda/kernels.cu).
+
+Correctness first; speed is a later step. What it does:
+- Weights are uploaded once, still in their GGUF block format (raw bytes in device arrays;
+  CuPy's pool hands out 512-byte aligned blocks), and are never expanded to float32 in
+  device memory at rest. Embedding rows are dequantized on lookup; a tied output head shares
+  the embedding's device buffer.
+- Decode products (one activation row) run a fused dequantize x vector kernel, one warp per
+  output row. Products with n > 1 rows (prefill) dequantize the weight to a float32 scratch
+  in row chunks and call cuBLAS SGEMM (float32 accumulation, no TF32: CuPy uses TF32 only
+  when CUPY_TF32=1 is set).
+- The input of every product is first rounded the way ggml converts it to the weight's
+  vec_dot_type (q8_0 / q8_1 / q8_k / f16 / bf16), as the NumPy reference does: llama.cpp
+  does it too (its CUDA path quantizes activations to q8_1 before its quantized products),
+  and without it logits sit ~1e-2 away from both llama.cpp and the reference. Attention
+  rounds Q and the softmax probabilities to f16 like the reference (llama.cpp without flash
+  attention), over a float16 KV cache.
+- Deterministic: fixed reduction orders, no atomics; cuBLAS GEMM is deterministic for a
+  fixed shape on one device.
+- Memory: everything lives in CuPy's default pool; `memory_limit` (--vram-limit) is the
+  pool's limit. Running out during a job raises worker.backends.base.OutOfDeviceMemory
+  (the engine maps it to VRAM_OOM); free_kv_cache returns the pool's free blocks so device
+  memory in use goes back to its level before the job.
+- verify_residency() checks every weight and KV buffer with cudaPointerGetAttributes.
+- Beyond llama/qwen2 it also runs the optional operations of base.Backend that gpt2, phi3
+  and gpt-oss use (layer_norm, gelu, swiglu_oai, scale, attention_ext with kq scale, sinks
+  and window, YaRN RoPE, experts/linear_expert), each checked against the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from worker.backends.base import Backend, KVCache, OutOfDeviceMemory
+from worker.backends.numpy_backend import _gelu_f16_table, _yarn_tables
+from worker.gguf_file import GGUFError, GGUFFile
+from worker.model_config import ModelConfig
+from worker.quants import UnsupportedQuantType, dequantize, get_format
+
+try:  # CuPy is optional: the module imports without it, and cuda_available() says False.
+    import cupy as cp
+except Exception:  # pragma: no cover - depends on the machine
+    cp = None  # type: ignore[assignment]
+
+KERNELS_PATH = Path(__file__).parent / "cuda" / "kernels.cu"
+
+# GGML type id -> kernel name suffix in kernels.cu (matvec_*, dequant_*, embed_*).
+KERNEL_SUFFIX = {
+    0: "f32",
+    1: "f16",
+    30: "bf16",
+    2: "q4_0",
+    3: "q4_1",
+    6: "q5_0",
+    7: "q5_1",
+    8: "q8_0",
+    12: "q4_k",
+    13: "q5_k",
+    14: "q6_k",
+    39: "mxfp4",
+}
+Q8_1_TYPES = frozenset({3, 7})  # Q4_1, Q5_1: offset formats whose products use q8_1 block sums
+
+# Scratch bound (float32 elements) for the prefill dequantized-weight chunks and the
+# attention score buffer: 64 MiB each.
+SCRATCH_ELEMS = 16 << 20
+ATT_THREADS = 128  # must match kernels.cu
+CUDA_MEMORY_TYPE_DEVICE = 2  # cudaMemoryTypeDevice
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    if cp is None:
+        return False
+    try:
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, cp.cuda.memory.OutOfMemoryError):
+        return True
+    status = getattr(exc, "status", None)
+    if isinstance(exc, cp.cuda.runtime.CUDARuntimeError):
+        return status == 2  # cudaErrorMemoryAllocation
+    return "CUBLAS" in type(exc).__name__.upper() and status == 3  # CUBLAS_STATUS_ALLOC_FAILED
+
+
+def _device_op(fn: F) -> F:
+    """Run on the backend's device; map CuPy/CUDA out-of-memory to OutOfDeviceMemory.
+
+    The new exception is raised outside the `except` block so it carries no reference to
+    the CuPy exception's traceback (whose frames hold the job's device arrays)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: CupyBackend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            with self._device:
+                return fn(self, *args, **kwargs)
+        except Exception as exc:
+            if cp is None or isinstance(exc, OutOfDeviceMemory) or not _is_oom(exc):
+                raise
+            requested = int(getattr(exc, "_size", 0) or 0)
+        self._on_oom()
+        raise OutOfDeviceMemory(requested, self.memory_in_use(), self.memory_limit or -1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class DeviceMatrix:
+    """A weight [n_out, n_in] kept in its GGUF block format on the device."""
+
+    name: str
+    raw: Any  # cupy uint8 [n_out * row_bytes]
+    type_id: int
+    n_out: int
+    n_in: int
+    row_bytes: int
+    act_type: str
+
+    @property
+    def suffix(self) -> str:
+        return KERNEL_SUFFIX[self.type_id]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.nbytes)
+
+
+@dataclass
+class DeviceEmbedding:
+    name: str
+    raw: Any  # cupy uint8 [rows * row_bytes]
+    type_id: int
+    n_embd: int
+    rows: int
+    row_bytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.nbytes)
+
+
+class CupyBackend(Backend):
+    def __init__(self, device_id: int = 0, memory_limit: int | None = None) -> None:
+        if cp is None:
+            raise RuntimeError("the CUDA backend needs CuPy (pip install 'worker-orcd[cuda]')")
+        self.device_id = int(device_id)
+        self.name = f"cuda:{self.device_id}"
+        self.memory_limit = int(memory_limit) if memory_limit else None
+        n_dev = cp.cuda.runtime.getDeviceCount()
+        if not 0 <= self.device_id < n_dev:
+            raise RuntimeError(f"--gpu-device {self.device_id}: expected 0..{n_dev - 1}, found {n_dev} device(s)")
+        self._device = cp.cuda.Device(self.device_id)
+        self._weights: dict[str, Any] = {}  # unique key -> device array (raw blocks or f32 vectors)
+        self._weights_bytes = 0
+        # (id(file), tensor name) -> (weakref to the file, device array): a tensor used twice
+        # (a tied output head is the embedding table) is uploaded once.
+        self._uploaded: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._oom_seen = False
+        self._caches: dict[int, weakref.ref[KVCache]] = {}
+        self._functions: dict[str, Any] = {}
+        self._memo: tuple[Any, str, Any, Any] | None = None  # last activation round trip
+        self.resident = False
+        with self._device:
+            self._pool = cp.get_default_memory_pool()
+            if self.memory_limit is not None:
+                self._pool.set_limit(size=self.memory_limit)
+            self._module = cp.RawModule(code=KERNELS_PATH.read_text())
+            self._dummy = cp.zeros(1, dtype=cp.float32)
+            self._dummy_i = cp.zeros(1, dtype=cp.int32)
+            self._gelu_table = cp.asarray(_gelu_f16_table())  # 256 KiB, for gelu()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _fn(self, name: str) -> Any:
+        f = self._functions.get(name)
+        if f is None:
+            f = self._functions[name] = self._module.get_function(name)
+        return f
+
+    def _on_oom(self) -> None:
+        self._memo = None
+        self._oom_seen = True
+        try:
+            with self._device:
+                self._pool.free_all_blocks()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+    @staticmethod
+    def _f32(x: Any) -> Any:
+        return cp.ascontiguousarray(x, dtype=cp.float32)
+
+    def device_info(self) -> dict[str, Any]:
+        with self._device:
+            props = cp.cuda.runtime.getDeviceProperties(self.device_id)
+            rt = cp.cuda.runtime.runtimeGetVersion()
+        name = props.get("name", b"")
+        return {
+            "device": self.name,
+            "name": name.decode() if isinstance(name, bytes) else str(name),
+            "sm": f"{props.get('major')}.{props.get('minor')}",
+            "cuda_runtime_version": f"{rt // 1000}.{(rt % 1000) // 10}",
+            "total_memory": int(props.get("totalGlobalMem", 0)),
+        }
+
+    # -- memory ----------------------------------------------------------------------------
+    def memory_in_use(self) -> int:
+        """Bytes of device memory the backend's arrays hold now (the pool's used bytes)."""
+        with self._device:
+            return int(self._pool.used_bytes())
+
+    def pool_bytes(self) -> int:
+        """Bytes the pool holds from the driver (used + cached free blocks)."""
+        with self._device:
+            return int(self._pool.total_bytes())
+
+    @_device_op
+    def new_kv_cache(self, cfg: ModelConfig, capacity: int) -> KVCache:
+        shape = (cfg.n_layer, capacity, cfg.n_kv_heads, cfg.head_dim)
+        nbytes = 2 * math.prod(shape) * 2
+        in_use = self.memory_in_use()
+        if self.memory_limit is not None and in_use + nbytes > self.memory_limit:
+            raise OutOfDeviceMemory(nbytes, in_use, self.memory_limit)
+        k = cp.zeros(shape, dtype=cp.float16)
+        v = cp.zeros(shape, dtype=cp.float16)
+        cache = KVCache(k=k, v=v, capacity=capacity, nbytes=nbytes)
+        self._caches[id(cache)] = weakref.ref(cache)
+        return cache
+
+    def free_kv_cache(self, cache: KVCache) -> None:
+        self._caches.pop(id(cache), None)
+        cache.k = cache.v = None
+        cache.nbytes = 0
+        self._memo = None
+        if self._oom_seen:
+            # An out-of-memory exception's traceback held the failed job's arrays; collect any
+            # cycle through it so its blocks can go back too.
+            self._oom_seen = False
+            gc.collect()
+        with self._device:
+            self._pool.free_all_blocks()
+
+    def close(self) -> None:
+        """Drop weights and caches, return the pool's blocks, lift the limit we set."""
+        self._weights.clear()
+        self._uploaded.clear()
+        self._weights_bytes = 0
+        for ref in list(self._caches.values()):
+            cache = ref()
+            if cache is not None:
+                cache.k = cache.v = None
+                cache.nbytes = 0
+        self._caches.clear()
+        self._memo = None
+        self.resident = False
+        with self._device:
+            self._pool.free_all_blocks()
+            if self.memory_limit is not None:
+                self._pool.set_limit(size=0)
+
+    def verify_residency(self) -> dict[str, Any]:
+        """cudaPointerGetAttributes on every weight and live KV buffer: device memory of this
+        device (type == cudaMemoryTypeDevice) with no host pointer."""
+        buffers: list[tuple[str, Any]] = list(self._weights.items())
+        for ref in list(self._caches.values()):
+            cache = ref()
+            if cache is not None and cache.k is not None:
+                buffers += [("kv.k", cache.k), ("kv.v", cache.v)]
+        failures: list[str] = []
+        nbytes = 0
+        with self._device:
+            for name, arr in buffers:
+                nbytes += int(arr.nbytes)
+                try:
+                    attrs = cp.cuda.runtime.pointerGetAttributes(arr.data.ptr)
+                    mtype = getattr(attrs, "type", getattr(attrs, "memoryType", None))
+                    host = getattr(attrs, "hostPointer", 0) or 0
+                    dev = getattr(attrs, "device", self.device_id)
+                    if mtype != CUDA_MEMORY_TYPE_DEVICE or host != 0 or dev != self.device_id:
+                        failures.append(f"{name}: type={mtype} host_ptr={host:#x} device={dev}")
+                except Exception as exc:  # pragma: no cover - depends on the driver
+                    failures.append(f"{name}: {exc}")
+        self.resident = bool(buffers) and not failures
+        return {
+            "resident": self.resident,
+            "device": self.name,
+            "buffers": len(buffers),
+            "weight_buffers": len(self._weights),
+            "kv_buffers": len(buffers) - len(self._weights),
+            "bytes": nbytes,
+            "failures": failures[:16],
+        }
+
+    # -- loading ---------------------------------------------------------------------------
+    def _info(self, f: GGUFFile, name: str) -> Any:
+        info = f.tensors.get(name)
+        if info is None:
+            raise GGUFError(f.path, f"missing tensor {name!r}")
+        return info
+
+    def _register_weight(self, name: str, arr: Any) -> None:
+        key = name if name not in self._weights else f"{name}#{len(self._weights)}"
+        self._weights[key] = arr
+        self._weights_bytes += int(arr.nbytes)
+
+    @_device_op
+    def _upload_raw(self, f: GGUFFile, name: str) -> Any:
+        hit = self._uploaded.get((id(f), name))
+        if hit is not None and hit[0]() is f:
+            return hit[1]
+        host = np.ascontiguousarray(f.raw(name)).reshape(-1).view(np.uint8)
+        arr = cp.asarray(host)
+        self._register_weight(name, arr)
+        with contextlib.suppress(TypeError):  # a file object without weakref support
+            self._uploaded[(id(f), name)] = (weakref.ref(f), arr)
+        return arr
+
+    def matrix(self, f: GGUFFile, name: str) -> DeviceMatrix:
+        info = self._info(f, name)
+        if len(info.shape) != 2:
+            raise GGUFError(f.path, f"tensor {name!r}: expected 2 dimensions, found shape {list(info.shape)}")
+        fmt = get_format(info.type_id)
+        if info.type_id not in KERNEL_SUFFIX:
+            raise UnsupportedQuantType(f"{fmt.name}: no CUDA kernel for this type")
+        n_in, n_out = (int(d) for d in info.shape)
+        raw = self._upload_raw(f, name)
+        return DeviceMatrix(
+            name=name,
+            raw=raw,
+            type_id=int(info.type_id),
+            n_out=n_out,
+            n_in=n_in,
+            row_bytes=n_in // fmt.block_size * fmt.type_size,
+            act_type=fmt.act_type,
+        )
+
+    @_device_op
+    def vector(self, f: GGUFFile, name: str) -> Any:
+        info = self._info(f, name)
+        arr = cp.asarray(dequantize(f.raw(name), info.type_id, (info.n_elements,)))
+        self._register_weight(name, arr)
+        return arr
+
+    def embedding(self, f: GGUFFile, name: str) -> DeviceEmbedding:
+        info = self._info(f, name)
+        fmt = get_format(info.type_id)
+        if info.type_id not in KERNEL_SUFFIX:
+            raise UnsupportedQuantType(f"{fmt.name}: no CUDA kernel for this type")
+        n_embd, rows = (int(d) for d in info.shape)
+        raw = self._upload_raw(f, name)
+        return DeviceEmbedding(
+            name=name,
+            raw=raw,
+            type_id=int(info.type_id),
+            n_embd=n_embd,
+            rows=rows,
+            row_bytes=n_embd // fmt.block_size * fmt.type_size,
+        )
+
+    # -- compute ---------------------------------------------------------------------------
+    @_device_op
+    def embed(self, table: DeviceEmbedding, ids: np.ndarray) -> Any:
+        ids_h = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids_h.size and (ids_h.min() < 0 or ids_h.max() >= table.rows):
+            raise IndexError(f"token id out of range 0..{table.rows - 1}")
+        n = int(ids_h.size)
+        out = cp.empty((n, table.n_embd), dtype=cp.float32)
+        if n:
+            ids_d = cp.asarray(ids_h.astype(np.int32))
+            self._fn("embed_" + KERNEL_SUFFIX[table.type_id])(
+                (n,), (256,), (table.raw, np.int64(table.row_bytes), ids_d, out, np.int32(table.n_embd))
+            )
+        return out
+
+    def _round_activations(self, x: Any, act_type: str) -> tuple[Any, Any]:
+        """(xq, s): x rounded through act_type (float32, x's shape); s = q8_1 block sums
+        [n, k/32] or None. The last result is memoized (q, k, v share one input)."""
+        if act_type == "f32":
+            return x, None
+        memo = self._memo
+        if memo is not None and memo[0] is x and memo[1] == act_type:
+            return memo[2], memo[3]
+        n, k = x.shape
+        total = n * k
+        xq = cp.empty_like(x)
+        s = None
+        if act_type in ("q8_0", "q8_1"):
+            if k % 32:
+                raise ValueError(f"activation row length {k} is not a multiple of the {act_type} block size 32")
+            nblocks = total // 32
+            s = cp.empty((n, k // 32), dtype=cp.float32) if act_type == "q8_1" else None
+            self._fn("act_q8_32")(
+                ((total + 255) // 256,),
+                (256,),
+                (x, xq, s if s is not None else self._dummy, np.int64(nblocks), np.int32(s is not None)),
+            )
+        elif act_type == "q8_k":
+            if k % 256:
+                raise ValueError(f"activation row length {k} is not a multiple of the q8_k block size 256")
+            self._fn("act_q8_k")((total // 256,), (256,), (x, xq))
+        elif act_type in ("f16", "bf16"):
+            self._fn("act_" + act_type)(((total + 255) // 256,), (256,), (x, xq, np.int64(total)))
+        else:
+            raise ValueError(f"unknown activation type {act_type!r}")
+        self._memo = (x, act_type, xq, s)
+        return xq, s
+
+    @_device_op
+    def linear(self, x: Any, w: DeviceMatrix, bias: Any | None = None) -> Any:
+        x = self._f32(x)
+        if x.ndim != 2 or x.shape[1] != w.n_in:
+            raise ValueError(f"linear {w.name}: input shape {tuple(x.shape)} does not match [n, {w.n_in}]")
+        n = x.shape[0]
+        xq, s = self._round_activations(x, w.act_type)
+        if n == 1:
+            y = cp.empty((1, w.n_out), dtype=cp.float32)
+            self._fn("matvec_" + w.suffix)(
+                ((w.n_out * 32 + 255) // 256,),
+                (256,),
+                (
+                    w.raw,
+                    np.int64(w.row_bytes),
+                    xq,
+                    s if s is not None else self._dummy,
+                    y,
+                    np.int32(w.n_out),
+                    np.int32(w.n_in),
+                ),
+            )
+        else:
+            y = self._gemm(xq, s, w)
+        if bias is not None:
+            y += bias
+        return y
+
+    def _gemm(self, xq: Any, s: Any, w: DeviceMatrix) -> Any:
+        """xq [n, k] @ W.T by row chunks: dequantize a chunk to float32, then SGEMM.
+        Q4_1/Q5_1: W without its block minimums, plus s @ M.T (ggml's q8_1 form)."""
+        n = xq.shape[0]
+        q81 = w.type_id in Q8_1_TYPES
+        fmt = get_format(w.type_id)
+        chunk = max(1, min(w.n_out, SCRATCH_ELEMS // max(1, w.n_in)))
+        y = None if chunk >= w.n_out else cp.empty((n, w.n_out), dtype=cp.float32)
+        dequant = self._fn("dequant_" + w.suffix)
+        for r0 in range(0, w.n_out, chunk):
+            rows = min(chunk, w.n_out - r0)
+            src = w.raw[r0 * w.row_bytes :]
+            wd = cp.empty((rows, w.n_in), dtype=cp.float32)
+            total = rows * w.n_in
+            dequant(
+                ((total + 255) // 256,),
+                (256,),
+                (src, np.int64(w.row_bytes), wd, np.int32(rows), np.int32(w.n_in), np.int32(not q81)),
+            )
+            part = cp.matmul(xq, wd.T)
+            del wd
+            if q81:
+                nb = w.n_in // 32
+                mins = cp.empty((rows, nb), dtype=cp.float32)
+                self._fn("block_mins")(
+                    ((rows * nb + 255) // 256,),
+                    (256,),
+                    (src, np.int64(w.row_bytes), np.int32(fmt.type_size), mins, np.int32(rows), np.int32(nb)),
+                )
+                part += cp.matmul(s, mins.T)
+            if y is None:
+                return part
+            y[:, r0 : r0 + rows] = part
+        return y
+
+    @_device_op
+    def rms_norm(self, x: Any, weight: Any, eps: float) -> Any:
+        x = self._f32(x)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        out = cp.empty_like(x2)
+        self._fn("rms_norm")((x2.shape[0],), (256,), (x2, weight, out, np.int32(shape[-1]), np.float32(eps)))
+        return out.reshape(shape)
+
+    @_device_op
+    def rope(self, x: Any, positions: np.ndarray, cfg: ModelConfig) -> Any:
+        x = self._f32(x)
+        n, n_head, d = x.shape
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(pos) != n:
+            raise ValueError(f"rope: {len(pos)} positions for {n} rows")
+        if cfg.rope_style == "none":
+            return x
+        out = cp.empty_like(x)
+        if n == 0:
+            return out
+        if cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0:
+            # YaRN: the reference's own float32 tables, uploaded (n x rope_dim/2 floats).
+            cos, sin = _yarn_tables(pos, cfg)
+            self._fn("rope_table")(
+                (n * n_head,),
+                (64,),
+                (
+                    x,
+                    out,
+                    cp.asarray(np.ascontiguousarray(cos.reshape(n, -1))),
+                    cp.asarray(np.ascontiguousarray(sin.reshape(n, -1))),
+                    np.int32(n_head),
+                    np.int32(d),
+                    np.int32(cfg.rope_dim),
+                    np.int32(cfg.rope_style == "neox"),
+                ),
+            )
+            return out
+        start = int(pos[0])
+        contiguous = bool(np.array_equal(pos, np.arange(start, start + n)))
+        pos_d = self._dummy_i if contiguous else cp.asarray(pos.astype(np.int32))
+        theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
+        self._fn("rope")(
+            (n * n_head,),
+            (64,),
+            (
+                x,
+                out,
+                pos_d,
+                np.int32(not contiguous),
+                np.int32(start),
+                np.int32(n_head),
+                np.int32(d),
+                np.int32(cfg.rope_dim),
+                np.float32(theta_scale),
+                np.int32(cfg.rope_style == "neox"),
+            ),
+        )
+        return out
+
+    def attention(self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int) -> Any:
+        return self.attention_ext(q, k, v, cache, layer, start)
+
+    @_device_op
+    def attention_ext(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        cache: KVCache,
+        layer: int,
+        start: int,
+        *,
+        kq_scale: float | None = None,
+        sinks: Any | None = None,
+        window: int = 0,
+    ) -> Any:
+        q = self._f32(q)
+        n, n_head, d = q.shape
+        n_kv = k.shape[1]
+        end = start + n
+        if end > cache.capacity:
+            raise ValueError(f"KV cache overflow: position {end} > capacity {cache.capacity}")
+        if d > 256 or n_head % n_kv:
+            raise ValueError(f"attention: head_dim {d} > 256 or {n_head} heads not a multiple of {n_kv}")
+        cache.k[layer, start:end] = k.astype(cp.float16)
+        cache.v[layer, start:end] = v.astype(cp.float16)
+        out = cp.empty((n, n_head * d), dtype=cp.float32)
+        chunk = max(1, min(n, SCRATCH_ELEMS // (n_head * end)))
+        scores = cp.empty(chunk * n_head * end, dtype=cp.float32)
+        kl, vl = cache.k[layer], cache.v[layer]
+        scale = np.float32(1.0 / np.sqrt(d) if kq_scale is None else kq_scale)
+        sinks_d = self._dummy if sinks is None else self._f32(cp.asarray(sinks).reshape(-1))
+        if sinks is not None and sinks_d.size != n_head:
+            raise ValueError(f"attention: {sinks_d.size} sinks for {n_head} heads")
+        fn = self._fn("attention")
+        for q0 in range(0, n, chunk):
+            nq = min(chunk, n - q0)
+            fn(
+                (n_head, nq),
+                (ATT_THREADS,),
+                (
+                    q,
+                    kl,
+                    vl,
+                    out,
+                    scores,
+                    np.int32(n_head),
+                    np.int32(n_kv),
+                    np.int32(d),
+                    np.int32(start),
+                    np.int32(q0),
+                    np.int32(end),
+                    scale,
+                    np.int32(window),
+                    sinks_d,
+                    np.int32(sinks is not None),
+                ),
+            )
+        return out
+
+    @_device_op
+    def swiglu(self, gate: Any, up: Any) -> Any:
+        gate, up = self._f32(gate), self._f32(up)
+        out = cp.empty_like(gate)
+        total = int(gate.size)
+        self._fn("swiglu")(((total + 255) // 256,), (256,), (gate, up, out, np.int64(total)))
+        return out
+
+    @_device_op
+    def add(self, a: Any, b: Any) -> Any:
+        a, b = self._f32(a), self._f32(b)
+        if a.shape != b.shape:
+            return a + b
+        out = cp.empty_like(a)
+        total = int(a.size)
+        self._fn("add_f32")(((total + 255) // 256,), (256,), (a, b, out, np.int64(total)))
+        return out
+
+    @_device_op
+    def scale(self, x: Any, s: float) -> Any:
+        return self._f32(x) * np.float32(s)
+
+    @_device_op
+    def layer_norm(self, x: Any, weight: Any, bias: Any, eps: float) -> Any:
+        x = self._f32(x)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        out = cp.empty_like(x2)
+        self._fn("layer_norm")((x2.shape[0],), (256,), (x2, weight, bias, out, np.int32(shape[-1]), np.float32(eps)))
+        return out.reshape(shape)
+
+    @_device_op
+    def gelu(self, x: Any) -> Any:
+        x = self._f32(x)
+        out = cp.empty_like(x)
+        total = int(x.size)
+        self._fn("gelu_table")(((total + 255) // 256,), (256,), (x, self._gelu_table, out, np.int64(total)))
+        return out
+
+    @_device_op
+    def swiglu_oai(self, gate: Any, up: Any, alpha: float, limit: float) -> Any:
+        gate, up = self._f32(gate), self._f32(up)
+        out = cp.empty_like(gate)
+        total = int(gate.size)
+        self._fn("swiglu_oai")(
+            ((total + 255) // 256,),
+            (256,),
+            (gate, up, out, np.int64(total), np.float32(alpha), np.float32(limit)),
+        )
+        return out
+
+    def experts(self, f: GGUFFile, name: str) -> list[DeviceMatrix]:
+        """[n_expert, out, in] uploaded once; one DeviceMatrix view per expert."""
+        info = self._info(f, name)
+        if len(info.shape) != 3:
+            raise GGUFError(f.path, f"tensor {name!r}: expected 3 dimensions, found shape {list(info.shape)}")
+        fmt = get_format(info.type_id)
+        if info.type_id not in KERNEL_SUFFIX:
+            raise UnsupportedQuantType(f"{fmt.name}: no CUDA kernel for this type")
+        n_in, n_out, n_exp = (int(d) for d in info.shape)
+        raw = self._upload_raw(f, name)
+        row_bytes = n_in // fmt.block_size * fmt.type_size
+        size = n_out * row_bytes
+        return [
+            DeviceMatrix(
+                name=f"{name}[{e}]",
+                raw=raw[e * size : (e + 1) * size],
+                type_id=int(info.type_id),
+                n_out=n_out,
+                n_in=n_in,
+                row_bytes=row_bytes,
+                act_type=fmt.act_type,
+            )
+            for e in range(n_exp)
+        ]
+
+    def linear_expert(self, x: Any, w: list[DeviceMatrix], expert: int, bias: Any | None = None) -> Any:
+        return self.linear(x, w[expert], None if bias is None else bias.reshape(len(w), -1)[expert])
+
+    def last_row(self, x: Any) -> Any:
+        return x[-1:]
+
+    @_device_op
+    def to_host(self, x: Any) -> np.ndarray:
+        return cp.asnumpy(x)
