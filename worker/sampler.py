@@ -17,7 +17,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     min_p: float = 0.0  # 0.0 = off
-    repetition_penalty: float = 1.0  # 1.0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off; 0.0 = off too (a zero divisor has no meaning)
     seed: int = 0
 
 
@@ -34,7 +34,7 @@ class Sampler:
     def sample(self, logits: np.ndarray, history: Sequence[int]) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float32)
-        if p.repetition_penalty != 1.0 and history:
+        if p.repetition_penalty not in (0.0, 1.0) and history:
             logits = logits.copy()
             recent = np.unique(np.asarray(history[-PENALTY_LAST_N:], dtype=np.int64))
             vals = logits[recent]

@@ -90,3 +90,9 @@ def test_history_does_not_mutate_logits(temperature: float) -> None:
     before = lg.copy()
     Sampler(SamplingParams(temperature=temperature, repetition_penalty=1.3, seed=1)).sample(lg, [1, 2, 3])
     assert np.array_equal(lg, before)
+
+
+def test_zero_repetition_penalty_means_off() -> None:
+    lg = logits_fixture()
+    off = Sampler(SamplingParams(temperature=0.0, repetition_penalty=0.0)).sample(lg, [int(np.argmax(lg))])
+    assert off == int(np.argmax(lg))

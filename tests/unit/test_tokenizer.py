@@ -382,8 +382,9 @@ def _fake_file(**metadata: Any) -> Any:
 
 def test_load_tokenizer_dispatch() -> None:
     assert isinstance(load_tokenizer(_fake_file(**_tiny_metadata())), Tokenizer)
-    with pytest.raises(UnsupportedTokenizer, match=r"gguf-spm.*Phi-3"):
-        load_tokenizer(_fake_file(**{"tokenizer.ggml.model": "llama"}))
+    spm = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "\u2581hi"],
+           "tokenizer.ggml.token_type": [2, 3, 3, 1]}  # fmt: skip
+    assert load_tokenizer(_fake_file(**spm)).kind == "gguf-spm"
     with pytest.raises(UnsupportedTokenizer, match="'bert'"):
         load_tokenizer(_fake_file(**{"tokenizer.ggml.model": "bert"}))
     with pytest.raises(UnsupportedTokenizer, match="hf-json"):

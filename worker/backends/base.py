@@ -122,6 +122,10 @@ class Backend(ABC):
     def scale(self, x: Array, s: float) -> Array:
         raise NotImplementedError("scale not implemented on this backend")
 
+    def concat_rows(self, rows: list[Array]) -> Array:
+        """Stack [1, d] rows into [n, d] (per-token MoE outputs)."""
+        raise NotImplementedError("concat_rows not implemented on this backend")
+
     def attention_ext(
         self, q: Array, k: Array, v: Array, cache: KVCache, layer: int, start: int, *,
         kq_scale: float | None = None, sinks: Array | None = None, window: int = 0,

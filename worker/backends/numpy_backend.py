@@ -154,7 +154,12 @@ class NumpyBackend(Backend):
         return (x * scale) * weight
 
     def rope(self, x: np.ndarray, positions: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-        cos, sin = _rope_tables(positions, cfg.rope_dim, cfg.rope_base)
+        if cfg.rope_style == "none":
+            return x
+        if cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0:
+            cos, sin = _yarn_tables(positions, cfg)
+        else:
+            cos, sin = _rope_tables(positions, cfg.rope_dim, cfg.rope_base)
         n_rot = cfg.rope_dim
         out = x.copy()
         if cfg.rope_style == "neox":
@@ -195,6 +200,95 @@ class NumpyBackend(Backend):
         out = out.reshape(n_kv, group, n, d).transpose(2, 0, 1, 3)
         return np.ascontiguousarray(out.reshape(n, n_head * d))
 
+    # -- operations of gpt2 / phi3 / gpt-oss -------------------------------------------------
+    def experts(self, f: GGUFFile, name: str) -> list[Matrix]:
+        info = f.tensors.get(name)
+        if info is None:
+            raise GGUFError(f.path, f"missing tensor {name!r}")
+        if len(info.shape) != 3:
+            raise GGUFError(f.path, f"tensor {name!r}: expected 3 dimensions, found shape {list(info.shape)}")
+        n_in, n_out, n_exp = info.shape
+        fmt = get_format(info.type_id)
+        if fmt.act_type == "q8_1":
+            raise GGUFError(f.path, f"tensor {name!r}: {fmt.name} expert weights are not supported")
+        raw = np.ascontiguousarray(f.raw(name)).reshape(-1).view(np.uint8).reshape(n_exp, -1)
+        # One expert at a time: ggml's mul_mat_id dots each expert's rows like a 2-D weight.
+        mats = [Matrix(w=dequantize(raw[e], info.type_id, (n_out, n_in)), act_type=fmt.act_type) for e in range(n_exp)]
+        self._account_weight(sum(m.nbytes for m in mats), name)
+        return mats
+
+    def linear_expert(
+        self, x: np.ndarray, w: list[Matrix], expert: int, bias: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self.linear(x, w[expert], None if bias is None else bias.reshape(len(w), -1)[expert])
+
+    def layer_norm(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        # ggml_norm: mean and variance summed in double, centred values and the scale in float32.
+        mean = x.astype(np.float64).mean(axis=-1, keepdims=True).astype(np.float32)
+        y = x - mean
+        var = (y * y).astype(np.float64).mean(axis=-1, keepdims=True).astype(np.float32)
+        scale = (np.float32(1) / np.sqrt(var + np.float32(eps))).astype(np.float32)
+        return (y * scale) * weight + bias
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        # ggml's CPU GELU (GGML_GELU_FP16): a table of fp16(gelu_tanh(h)) indexed by fp16(x),
+        # exact x outside (-10, 10).
+        table = _gelu_f16_table()
+        x = np.asarray(x, dtype=np.float32)
+        y = table[x.astype(np.float16).view(np.uint16)]
+        y = np.where(x <= -10, np.float32(0), y)
+        return np.where(x >= 10, x, y).astype(np.float32)
+
+    def swiglu_oai(self, gate: np.ndarray, up: np.ndarray, alpha: float, limit: float) -> np.ndarray:
+        g = np.minimum(gate, np.float32(limit))
+        u = np.clip(up, np.float32(-limit), np.float32(limit))
+        return (g / (np.float32(1) + np.exp(np.float32(alpha) * -g))) * (u + np.float32(1))
+
+    def scale(self, x: np.ndarray, s: float) -> np.ndarray:
+        return x * np.float32(s)
+
+    def concat_rows(self, rows: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(rows, axis=0)
+
+    def attention_ext(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int, start: int, *,
+        kq_scale: float | None = None, sinks: np.ndarray | None = None, window: int = 0,
+    ) -> np.ndarray:
+        n, n_head, d = q.shape
+        n_kv = k.shape[1]
+        end = start + n
+        if end > cache.capacity:
+            raise ValueError(f"KV cache overflow: position {end} > capacity {cache.capacity}")
+        cache.k[layer, start:end] = k
+        cache.v[layer, start:end] = v
+        keys = cache.k[layer, :end].astype(np.float32)
+        vals = cache.v[layer, :end].astype(np.float32)
+        group = n_head // n_kv
+        qh = q.astype(np.float16).astype(np.float32).reshape(n, n_kv, group, d).transpose(1, 2, 0, 3)
+        qh = qh.reshape(n_kv, group * n, d)
+        scores = qh @ keys.transpose(1, 2, 0)  # [kv, group*n, T]
+        scores *= np.float32(1.0 / np.sqrt(d) if kq_scale is None else kq_scale)
+        qpos = np.tile(np.arange(start, end), group)
+        kpos = np.arange(end)[None, :]
+        masked = kpos > qpos[:, None]
+        if window:
+            masked |= qpos[:, None] - kpos >= window
+        scores[:, masked] = -np.inf
+        mx = scores.max(axis=-1, keepdims=True)
+        if sinks is not None:
+            # ggml_soft_max_add_sinks: the sink joins the max and the denominator, not the output.
+            sink = np.repeat(sinks.astype(np.float32).reshape(n_kv, group), n, axis=1)[..., None]
+            mx = np.maximum(mx, sink)
+        p = np.exp(scores - mx)
+        total = p.sum(axis=-1, keepdims=True, dtype=np.float64)
+        if sinks is not None:
+            total += np.exp(sink - mx).astype(np.float64)
+        p *= (1.0 / total).astype(np.float32)
+        p = p.astype(np.float16).astype(np.float32)
+        out = p @ vals.transpose(1, 0, 2)
+        out = out.reshape(n_kv, group, n, d).transpose(2, 0, 1, 3)
+        return np.ascontiguousarray(out.reshape(n, n_head * d))
+
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return gate / (np.float32(1) + np.exp(-gate)) * up
 
@@ -217,3 +311,45 @@ def _rope_tables(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.nda
         angles[:, i] = theta
         theta = theta * theta_scale
     return np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+
+
+def _yarn_tables(positions: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's rope_yarn: interpolated/extrapolated angle mix per dimension, magnitude-scaled."""
+    n_rot = cfg.rope_dim
+    fs, ext = np.float32(cfg.rope_freq_scale), np.float32(cfg.rope_ext_factor)
+
+    def corr_dim(n_rot_beta: float) -> float:
+        return n_rot * np.log(np.float32(cfg.rope_n_ctx_orig / (n_rot_beta * 2 * np.pi))) / (
+            2 * np.log(np.float32(cfg.rope_base))
+        )
+
+    low = max(0.0, float(np.floor(np.float32(corr_dim(cfg.yarn_beta_fast)))))
+    high = min(n_rot - 1.0, float(np.ceil(np.float32(corr_dim(cfg.yarn_beta_slow)))))
+    i = np.arange(n_rot // 2, dtype=np.float32)
+    y = (i - np.float32(low)) / np.float32(max(0.001, high - low))
+    ramp_mix = (np.float32(1) - np.minimum(np.float32(1), np.maximum(np.float32(0), y))) * ext
+    mscale = np.float32(cfg.rope_attn_factor)
+    if ext != 0:
+        mscale = np.float32(mscale * (np.float32(1) + np.float32(0.1) * np.log(np.float32(1) / fs)))
+    theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / n_rot)
+    theta = np.asarray(positions, dtype=np.float32).copy()
+    extrap = np.empty((len(theta), n_rot // 2), dtype=np.float32)
+    for k in range(n_rot // 2):
+        extrap[:, k] = theta
+        theta = theta * theta_scale
+    interp = fs * extrap
+    ang = interp * (np.float32(1) - ramp_mix) + extrap * ramp_mix
+    return (np.cos(ang) * mscale)[:, None, :], (np.sin(ang) * mscale)[:, None, :]
+
+
+_GELU_TABLE: list[np.ndarray] = []
+
+
+def _gelu_f16_table() -> np.ndarray:
+    if not _GELU_TABLE:
+        h = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            g = np.float32(0.5) * h * (np.float32(1) + np.tanh(
+                np.float32(0.7978845608028654) * h * (np.float32(1) + np.float32(0.044715) * h * h)))
+        _GELU_TABLE.append(g.astype(np.float16).astype(np.float32))
+    return _GELU_TABLE[0]

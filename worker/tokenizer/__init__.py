@@ -8,6 +8,7 @@ from worker.gguf_file import GGUFFile
 from worker.tokenizer.base import Tokenizer
 from worker.tokenizer.chat import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
 from worker.tokenizer.gguf_bpe import GGUFBPETokenizer
+from worker.tokenizer.gguf_spm import GGUFSPMTokenizer
 from worker.tokenizer.stream import StreamingDetokenizer
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "ChatTemplate",
     "ChatTemplateError",
     "GGUFBPETokenizer",
+    "GGUFSPMTokenizer",
     "StreamingDetokenizer",
     "Tokenizer",
     "UnsupportedTokenizer",
@@ -42,10 +44,8 @@ def load_tokenizer(
     if model == "gpt2":
         return GGUFBPETokenizer(gguf_file.metadata, eos_override=eos_override)
     if model == "llama":
-        raise UnsupportedTokenizer(
-            f"{gguf_file.path}: SentencePiece vocabularies (tokenizer.ggml.model = 'llama', "
-            "gguf-spm) are not supported yet; they come with Phi-3"
-        )
+        return GGUFSPMTokenizer(gguf_file.metadata, eos_override=eos_override)
     raise UnsupportedTokenizer(
-        f"{gguf_file.path}: unsupported tokenizer.ggml.model {model!r}; supported: 'gpt2' (byte-level BPE)"
+        f"{gguf_file.path}: unsupported tokenizer.ggml.model {model!r}; "
+        "supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece)"
     )

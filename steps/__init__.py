@@ -1,0 +1,1 @@
+"""Step definitions of the gate scenarios (features/), one module per capability."""
