@@ -2,14 +2,18 @@
 """GPU check of the CUDA backend against the NumPy reference, on a CUDA machine.
 
     python bench/gpu_check.py --fixtures DIR --out OUTDIR [--budget-s 420] [--tiny]
+        [--oom-jobs 50] [--sections kernels,oom,arch,models]
 
 Sections (each one runs even if an earlier one failed; the table at the end says which):
   kernels   per-kernel relative error vs the NumPy backend on fresh random inputs, several
             shapes including the real models' (bound 1e-5 for f32-accumulated products on
             identically rounded inputs; activation rounding and embedding lookups bitwise)
-  oom       alternating jobs under a --vram-limit: over the limit (KV cache, then prefill
-            activations) vs normal; every over-limit job must raise OutOfDeviceMemory
-            (VRAM_OOM), pool memory must return to its baseline after each job
+  oom       --oom-jobs (50) jobs under a --vram-limit, alternating normal / over the limit
+            (KV cache, then prefill activations, in turn); every over-limit job must raise
+            OutOfDeviceMemory (VRAM_OOM), every normal one give the same logits bits, and pool
+            memory must return to its baseline after each job (series printed compactly)
+  arch      the tiny phi3 / gpt2 / gpt-oss fixtures (fixtures/build.py, seed 0), CUDA vs
+            NumPy teacher-forced, against the 1-ulp-nudged reference's noise floor; F32 twins
   model:*   whole model, CUDA vs NumPy: last-position logits after prefill, greedy ids for
             N tokens on 4 random-id prompts (independent runs), teacher-forced argmax
             agreement and logits error along the reference's tokens, 3 runs bit-identical,
@@ -460,31 +464,30 @@ def check_model(name: str, path: Path, gpu_ad: Any, n_new: int, deadline: float)
 
 
 # ------------------------------------------------------------------------------------ oom
-def check_oom(path: Path, probe_weights: int) -> None:
+def oom_jobs(n: int) -> list[str]:
+    """n jobs alternating normal / over the limit; the over-limit ones alternate between a KV
+    cache over the limit and a prefill whose activations are over it."""
+    over = ("kv_over_limit", "prefill_over_limit")
+    return ["normal" if i % 2 == 0 else over[(i // 2) % 2] for i in range(n)]
+
+
+def check_oom(path: Path, probe_weights: int, n_jobs: int = 50) -> None:
     gpu = CupyBackend(0, memory_limit=probe_weights + (96 << 20))
     series = []
     try:
         cfg, ad = load(path, gpu)
         prompt = np.arange(32) % cfg.vocab_size
         big_prefill = 2048 if cfg.n_ff > 1024 else 4096
-        jobs = [
-            "normal",
-            "kv_over_limit",
-            "normal",
-            "prefill_over_limit",
-            "normal",
-            "kv_over_limit",
-            "prefill_over_limit",
-            "normal",
-        ]
+        jobs = oom_jobs(n_jobs)
         c = ad.new_cache(64)
         good = ad.forward(prompt, 0, c)
         gpu.free_kv_cache(c)
         gc.collect()
-        base = gpu.memory_in_use()
+        base, pool_base = gpu.memory_in_use(), gpu.pool_bytes()
         all_ok = True
         for job in jobs:
             outcome, cache = "ok", None
+            t = time.perf_counter()
             try:
                 if job == "kv_over_limit":
                     cache = ad.new_cache(cfg.context_length * 8)
@@ -506,19 +509,87 @@ def check_oom(path: Path, probe_weights: int) -> None:
             expect = "VRAM_OOM" if job != "normal" else "ok, same logits"
             ok = outcome == expect and used == base
             all_ok &= ok
-            series.append({"job": job, "outcome": outcome, "used_bytes": used, "pool_bytes": pool, "baseline": base})
-            print(f"  oom series: {job:20s} -> {outcome:16s} used {used} (baseline {base}) pool {pool}", flush=True)
-        RESULTS["oom"] = {"limit": gpu.memory_limit, "series": series}
+            series.append({
+                "job": job, "outcome": outcome, "ok": ok, "used_bytes": used, "pool_bytes": pool,
+                "baseline": base, "pool_baseline": pool_base, "s": round(time.perf_counter() - t, 4),
+            })
+        # Compact: one letter per job (N normal, K KV over limit, P prefill over limit; lower
+        # case = unexpected outcome), then the deviation from the baseline after each job.
+        code = {"normal": "N", "kv_over_limit": "K", "prefill_over_limit": "P"}
+        letters = "".join(code[s["job"]] if s["ok"] else code[s["job"]].lower() for s in series)
+        dev_used = [s["used_bytes"] - base for s in series]
+        dev_pool = [s["pool_bytes"] - pool_base for s in series]
+        print(f"  oom: limit {gpu.memory_limit} B = weights {probe_weights} B + 96 MiB; baseline used {base} B, "
+              f"pool {pool_base} B", flush=True)
+        print(f"  oom: jobs {letters}", flush=True)
+        print(f"  oom: used - baseline after each job (B): {' '.join(map(str, dev_used))}", flush=True)
+        print(f"  oom: pool - baseline after each job (B): {' '.join(map(str, dev_pool))}", flush=True)
+        bad = [f"{i}:{s['job']}->{s['outcome']}" for i, s in enumerate(series) if not s["ok"]]
+        if bad:
+            print(f"  oom: unexpected: {', '.join(bad[:10])}", flush=True)
+        RESULTS["oom"] = {"limit": gpu.memory_limit, "baseline": base, "pool_baseline": pool_base,
+                          "letters": letters, "series": series}
         n_oom = sum(s["outcome"] == "VRAM_OOM" for s in series)
+        n_over = sum(j != "normal" for j in jobs)
+        n_same = sum(s["outcome"] == "ok, same logits" for s in series)
         row(
             "oom",
             f"{len(jobs)} alternating jobs, limit weights+96MiB",
-            f"{n_oom} OOM, mem back each: {all_ok}",
+            f"{n_oom}/{n_over} OOM, {n_same}/{len(jobs) - n_over} same",
             "all",
-            all_ok,
+            n_oom == n_over and n_same == len(jobs) - n_over,
         )
+        row("oom", "used bytes after each job: max |used - baseline|", f"{max(map(abs, dev_used))} B", "0",
+            max(map(abs, dev_used)) == 0)
+        row("oom", "pool bytes after each job: max (pool - baseline)", f"{max(dev_pool)} B", "<=0",
+            max(dev_pool) <= 0)
+        row("oom", "series (N normal, K/P over limit; lower=bad)", letters[:30], "", all_ok)
     finally:
         gpu.close()
+
+
+# ------------------------------------------------------------------------------------ arch
+def check_arch(out_dir: Path, arch: str) -> None:
+    """A tiny gpt2 / phi3 / gpt-oss fixture (fixtures/build.py, seed 0), CUDA vs NumPy, teacher
+    forced along the reference's greedy ids; the noise floor is the 1-ulp-nudged reference's
+    distance over 3 seeds; the F32 twin shows the forward pass without activation rounding."""
+    from fixtures.build import build
+
+    sec = f"arch:{arch}"[:9]
+    path = out_dir / f"{arch}-tiny-s0.gguf"
+    if not path.exists():
+        build(arch, path, size="tiny", seed=0)
+
+    def forced_errs(p: Path, other: Any) -> tuple[list[float], list[bool]]:
+        cfg, ad_n = load(p, NumpyBackend())
+        _, ad_o = load(p, other)
+        prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, 9)
+        cn, co = ad_n.new_cache(32), ad_o.new_cache(32)
+        ln, lo = ad_n.forward(prompt, 0, cn), ad_o.forward(prompt, 0, co)
+        errs, agree = [], []
+        for i in range(12):
+            errs.append(rel(lo, ln))
+            agree.append(int(np.argmax(lo)) == int(np.argmax(ln)))
+            tok = np.array([int(np.argmax(ln))])
+            ln, lo = ad_n.forward(tok, len(prompt) + i, cn), ad_o.forward(tok, len(prompt) + i, co)
+        other.free_kv_cache(co)
+        return errs, agree
+
+    noise = max(max(forced_errs(path, NudgedNumpy(s))[0]) for s in range(3))
+    gpu = CupyBackend(0)
+    try:
+        errs, agree = forced_errs(path, gpu)
+        twin_errs, twin_agree = forced_errs(f32_twin(path), gpu)
+        r = gpu.verify_residency()
+    finally:
+        gpu.close()
+    RESULTS[f"arch_{arch}"] = {"errs": errs, "agree": agree, "noise": noise, "twin_errs": twin_errs}
+    row(sec, f"{arch}: logits rel err, 12 forced steps (noise)", f"{max(errs):.1e} ({noise:.1e})", "<5e-02",
+        max(errs) < 5e-2)
+    row(sec, f"{arch}: teacher-forced argmax agreement", f"{sum(agree)}/{len(agree)}", "all", all(agree))
+    row(sec, f"{arch}: F32 twin logits rel err / argmax", f"{max(twin_errs):.1e} {sum(twin_agree)}/{len(twin_agree)}",
+        "<1e-03", max(twin_errs) < 1e-3 and all(twin_agree))
+    row(sec, f"{arch}: residency", f"resident={r['resident']}", "True", r["resident"])
 
 
 # ------------------------------------------------------------------------------------ speed
@@ -564,11 +635,15 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=420.0, help="soft wall-clock budget")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="tiny fixtures (dry run)")
+    ap.add_argument("--oom-jobs", type=int, default=50, help="length of the OOM series")
+    ap.add_argument("--sections", default="kernels,oom,arch,models",
+                    help="comma list of kernels, oom, arch (gpt2/phi3/gpt-oss tiny fixtures), models")
     args = ap.parse_args()
+    want = set(args.sections.split(","))
     deadline = T0 + args.budget_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = build_all(args.fixtures, tiny=args.tiny)
+    paths = build_all(args.fixtures, tiny=args.tiny) if want & {"oom", "models"} else {}
     dev = cp.cuda.runtime.getDeviceProperties(0)
     RESULTS["env"] = {
         "device": dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"]),
@@ -581,21 +656,26 @@ def main() -> None:
 
     gpu = CupyBackend(0)
     RESULTS["device_info"] = gpu.device_info()
-    section("kernel", check_kernels, gpu, args.tiny)
-    section("kernel", check_ext_ops, gpu)
+    if "kernels" in want:
+        section("kernel", check_kernels, gpu, args.tiny)
+        section("kernel", check_ext_ops, gpu)
     gpu.close()
     del gpu
 
-    qwen, smol = paths["qwen25-shape"], paths["smollm2-shape"]
-    # OOM series first (it needs the pool to itself): probe the weights' size
-    probe = CupyBackend(0)
-    load(qwen, probe)
-    w_bytes = probe.memory_in_use()
-    probe.close()
-    del probe
-    section("oom", check_oom, qwen, w_bytes)
+    qwen, smol = paths.get("qwen25-shape"), paths.get("smollm2-shape")
+    if "oom" in want:
+        # OOM series first (it needs the pool to itself): probe the weights' size
+        probe = CupyBackend(0)
+        load(qwen, probe)
+        w_bytes = probe.memory_in_use()
+        probe.close()
+        del probe
+        section("oom", check_oom, qwen, w_bytes, args.oom_jobs)
+    if "arch" in want:
+        for arch in ("phi3", "gpt2", "gpt-oss"):
+            section(f"arch:{arch}"[:9], check_arch, Path(args.fixtures), arch)
 
-    for name, path, share in (("qwen25-shape", qwen, 0.6), ("smollm2-shape", smol, 1.0)):
+    for name, path, share in (("qwen25-shape", qwen, 0.6), ("smollm2-shape", smol, 1.0)) if "models" in want else ():
         gpu = CupyBackend(0)
         try:
             t = time.perf_counter()

