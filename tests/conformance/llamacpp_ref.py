@@ -10,14 +10,15 @@
 - `converted`: a cached F32/F16 copy of a quantized file (fixtures/convert.py).
 
 Run as a script it prints the noise study that docs/CONFORMANCE.md quotes:
-    python tests/conformance/llamacpp_ref.py
+    python tests/conformance/llamacpp_ref.py [models] [--weights ...] [--variants ...]
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,12 @@ from worker.quants import roundtrip_activations, roundtrip_q8_1
 if TYPE_CHECKING:
     import llama_cpp
 
+    from worker.tokenizer import Tokenizer
+
 N_CTX = 512
-N_THREADS = int(os.environ.get("WORKER_CONFORMANCE_THREADS", "2"))
+# llama.cpp's logits are bit-identical for 1 and 2 threads (checked on both models, quantized and
+# F32); one thread keeps its spin-waiting thread pool from stalling on a busy 2-core machine.
+N_THREADS = int(os.environ.get("WORKER_CONFORMANCE_THREADS", "1"))
 
 # Prompts fed as raw text (tokenized by llama.cpp, the reference) and as one chat turn
 # (tokenized by our tokenizer's chat template; llama.cpp gets the same ids).
@@ -139,15 +144,20 @@ class Float64Backend(NumpyBackend):
         return y
 
 
-def chat_ids(path: str | os.PathLike[str], prompt: str) -> list[int]:
-    """Our tokenizer's ids for one chat turn (raises ImportError until worker.tokenizer lands)."""
+@functools.cache
+def _tokenizer(path: Path) -> Tokenizer:
     from worker.tokenizer import load_tokenizer
 
     f = GGUFFile(path)
     try:
-        return list(load_tokenizer(f).encode_prompt(prompt, True))
+        return load_tokenizer(f)
     finally:
         f.close()
+
+
+def chat_ids(path: str | os.PathLike[str], prompt: str) -> list[int]:
+    """Our tokenizer's ids for one chat turn through the model's chat template."""
+    return list(_tokenizer(Path(path).resolve()).encode_prompt(prompt, True))
 
 
 # -- comparison --------------------------------------------------------------------------------
@@ -299,75 +309,164 @@ def truncated(src: str | os.PathLike[str], n_layers: int) -> Path:
     return dst
 
 
+def weights_path(src: Path, weights: str) -> Path:
+    """ "quantized" (the file itself), "F32" / "F16" (converted), or "N-layer" (truncated)."""
+    if weights == "quantized":
+        return src
+    if weights in ("F32", "F16"):
+        return converted(src, weights)
+    if weights.endswith("-layer") and weights[: -len("-layer")].isdigit():
+        return truncated(src, int(weights[: -len("-layer")]))
+    raise ValueError(f"unknown weights {weights!r}: quantized, F32, F16 or N-layer")
+
+
 # -- the noise study ---------------------------------------------------------------------------
-def _pctl(v: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(v), q)) if len(v) else float("nan")
+class NoActivationRounding(NumpyBackend):
+    """Mutant: float32 activations straight into the products (no vec_dot_type emulation)."""
+
+    def linear(self, x: np.ndarray, w: Matrix, bias: np.ndarray | None = None) -> np.ndarray:
+        y = x @ w.w.T
+        if bias is not None:
+            y += bias
+        return y
 
 
-def noise_study(path: Path, prompts: Sequence[Sequence[int]], n: int) -> dict[str, Any]:
-    """Teacher-forced along llama.cpp's greedy path: ours (f32) and ours with float64
-    accumulation vs llama.cpp, and f32 vs f64 (our self-noise)."""
+class Float32Attention(NumpyBackend):
+    """Mutant: attention in float32 throughout (no f16 K/V cache, Q or softmax rounding)."""
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: Any, layer: int, start: int) -> np.ndarray:
+        if cache.k.dtype != np.float32:
+            cache.k, cache.v = cache.k.astype(np.float32), cache.v.astype(np.float32)
+        n, n_head, d = q.shape
+        n_kv, end = k.shape[1], start + n
+        cache.k[layer, start:end], cache.v[layer, start:end] = k, v
+        group = n_head // n_kv
+        qh = q.reshape(n, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * n, d)
+        scores = qh @ cache.k[layer, :end].transpose(1, 2, 0) * np.float32(1 / np.sqrt(d))
+        qpos = np.tile(np.arange(start, end), group)
+        scores[:, np.arange(end)[None, :] > qpos[:, None]] = -np.inf
+        p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        out = (p @ cache.v[layer, :end].transpose(1, 0, 2)).reshape(n_kv, group, n, d)
+        return np.ascontiguousarray(out.transpose(2, 0, 1, 3).reshape(n, n_head * d))
+
+
+class NoQ8_1BlockSums(NumpyBackend):
+    """Mutant: Q4_1/Q5_1 products without ggml's fp16-rounded q8_1 block sums (uses sum(xq))."""
+
+    def linear(self, x: np.ndarray, w: Matrix, bias: np.ndarray | None = None) -> np.ndarray:
+        if w.mins is None:
+            return super().linear(x, w, bias)
+        y = roundtrip_q8_1(x)[0] @ w.w.T
+        if bias is not None:
+            y += bias
+        return y
+
+
+class SwappedRope(NumpyBackend):
+    """Mutant: the other RoPE layout (adjacent pairs for neox models and the reverse)."""
+
+    def rope(self, x: np.ndarray, positions: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+        other = dataclasses.replace(cfg, rope_style="normal" if cfg.rope_style == "neox" else "neox")
+        return super().rope(x, positions, other)
+
+
+EXACT = 1e-5  # rel L2 below this: the same result up to float32 round-off
+
+BACKENDS = {
+    "f64": Float64Backend,
+    "no-act-rounding": NoActivationRounding,
+    "f32-attention": Float32Attention,
+    "no-q8_1-sums": NoQ8_1BlockSums,
+    "swapped-rope": SwappedRope,
+}
+
+
+def _summary(v: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(v, dtype=np.float64)
+    if not a.size:
+        return {}
+    return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+
+def noise_study(path: Path, prompts: Sequence[Sequence[int]], n: int, variants: Sequence[str]) -> dict[str, Any]:
+    """Teacher-forced along llama.cpp's greedy path (n steps, through end-of-turn tokens too):
+    our backend and each variant (BACKENDS) against llama.cpp, and each variant against ours:
+    with "f64" that last figure is our self-noise."""
     llm = open_llama(path)
-    models = {"f32": load_ours(path), "f64": load_ours(path, Float64Backend())}
-    rows: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "l2_32_ref",
-            "l2_64_ref",
-            "l2_32_64",
-            "l2_32_ref_prefill",
-            "l2_32_64_prefill",
-            "pair_32_ref",
-            "pair_32_64",
-            "margin_at_flip",
-            "margin",
-        )
+    models = {"ours": load_ours(path), **{v: load_ours(path, BACKENDS[v]()) for v in variants}}
+    rows: dict[str, dict[str, list[float]]] = {
+        k: {s: [] for s in ("l2_ref", "l2_ref_prefill", "pair_ref", "margin_at_flip", "l2_ours", "pair_ours")}
+        for k in models
     }
-    flips = 0
     for ids in prompts:
         for step, (ref, mine) in enumerate(teacher_forced(llm, models, ids, n)):
-            a, b = mine["f32"], mine["f64"]
             i1, i2, margin = top2(ref)
-            rows["l2_32_ref"].append(rel_l2(a, ref))
-            rows["l2_64_ref"].append(rel_l2(b, ref))
-            rows["l2_32_64"].append(rel_l2(a, b))
-            if step == 0:
-                rows["l2_32_ref_prefill"].append(rel_l2(a, ref))
-                rows["l2_32_64_prefill"].append(rel_l2(a, b))
-            rows["margin"].append(margin)
-            rows["pair_32_ref"].append(abs(float(a[i1] - a[i2]) - margin))
-            j1, j2, m64 = top2(b)
-            rows["pair_32_64"].append(abs(float(a[j1] - a[j2]) - m64))
-            if int(np.argmax(a)) != i1:
-                flips += 1
-                rows["margin_at_flip"].append(margin)
-    stats: dict[str, Any] = {"steps": len(rows["margin"]), "argmax_flips_vs_ref": flips}
-    for k, v in rows.items():
-        stats[k] = {"median": _pctl(v, 50), "p99": _pctl(v, 99), "max": max(v) if v else float("nan")}
-    stats["margin_at_flip"]["all"] = sorted(round(m, 4) for m in rows["margin_at_flip"])
+            o1, o2, o_margin = top2(mine["ours"])
+            for k, x in mine.items():
+                r = rows[k]
+                r["l2_ref"].append(rel_l2(x, ref))
+                if step == 0:
+                    r["l2_ref_prefill"].append(rel_l2(x, ref))
+                r["pair_ref"].append(abs(float(x[i1] - x[i2]) - margin))
+                if int(np.argmax(x)) != i1:
+                    r["margin_at_flip"].append(margin)
+                if k != "ours":
+                    r["l2_ours"].append(rel_l2(x, mine["ours"]))
+                    r["pair_ours"].append(abs(float(x[o1] - x[o2]) - o_margin))
+    out: dict[str, Any] = {}
+    for k, r in rows.items():
+        out[k] = {s: _summary(v) for s, v in r.items() if s != "margin_at_flip" and v}
+        out[k]["exact_share_ref"] = float(np.mean(np.asarray(r["l2_ref"]) < EXACT))
+        out[k]["flips_ref"] = len(r["margin_at_flip"])
+        out[k]["margins_at_flips"] = sorted(round(m, 4) for m in r["margin_at_flip"])
+        out[k]["steps"] = len(r["l2_ref"])
     del llm, models
-    return stats
+    return out
+
+
+def llama_self_noise(path: Path, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """llama.cpp against itself: prefill logits of the whole prompt in one batch vs token by
+    token (different kernels and summation orders, the same arithmetic)."""
+    llm = open_llama(path)
+    errs = []
+    for ids in prompts:
+        batch = llama_prefill(llm, ids)
+        llm.reset()
+        for tok in ids:
+            llm.eval([tok])
+        errs.append(rel_l2(llama_logits(llm), batch))
+    del llm
+    return {"batch_vs_tokenwise": _summary(errs), "bit_identical": sum(e == 0.0 for e in errs)}
 
 
 def _main() -> None:
+    import argparse
     import json
 
     from worker.models.registry import pull
 
-    n = int(os.environ.get("WORKER_STUDY_TOKENS", "32"))
-    for name in sys.argv[1:] or ["smollm2-135m-instruct", "qwen2.5-0.5b-instruct"]:
+    ap = argparse.ArgumentParser(description="Noise study: ours, variants of ours and llama.cpp.")
+    ap.add_argument("models", nargs="*", default=["smollm2-135m-instruct", "qwen2.5-0.5b-instruct"])
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--weights", nargs="+", default=["quantized", "F32", "1-layer"], help="also F16, N-layer")
+    ap.add_argument("--variants", nargs="+", default=["f64"], choices=sorted(BACKENDS))
+    ap.add_argument("--llama-self", action="store_true", help="only llama.cpp batched vs token-by-token")
+    args = ap.parse_args()
+    for name in args.models:
         src = pull(name)
         llm = open_llama(src)
         prompts = [llama_tokenize(llm, p) for p in PLAIN_PROMPTS]
         del llm
-        try:
-            prompts += [chat_ids(src, p) for p in CHAT_PROMPTS]
-        except ImportError:
-            print("worker.tokenizer not available: plain prompts only", file=sys.stderr)
-        for label, path in (("quantized", src), ("F32", converted(src, "F32"))):
-            stats = noise_study(path, prompts, n)
-            head = {"model": name, "weights": label, "prompts": len(prompts), "tokens": n}
-            print(json.dumps({**head, **stats}))
+        prompts += [chat_ids(src, p) for p in CHAT_PROMPTS]
+        for label in args.weights:
+            path = weights_path(src, label)
+            if args.llama_self:
+                stats = llama_self_noise(path, prompts)
+            else:
+                stats = noise_study(path, prompts, args.tokens, args.variants)
+            head = {"model": name, "weights": label, "prompts": len(prompts), "tokens": args.tokens}
+            print(json.dumps({**head, **stats}), flush=True)
 
 
 if __name__ == "__main__":

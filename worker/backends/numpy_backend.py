@@ -13,6 +13,7 @@ with llama.cpp to float32 round-off rather than to activation-quantization noise
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,7 @@ class NumpyBackend(Backend):
             blocks = blocks.reshape(n_out, n_in // fmt.block_size, fmt.type_size)
             mins = np.ascontiguousarray(blocks[:, :, 2:4]).view(np.float16)[..., 0].astype(np.float32)
         m = Matrix(w=w, act_type=fmt.act_type, mins=mins)
+        _release_pages(f.raw(name))
         self._account_weight(m.nbytes, name)
         return m
 
@@ -115,6 +117,7 @@ class NumpyBackend(Backend):
         if info is None:
             raise GGUFError(f.path, f"missing tensor {name!r}")
         v = dequantize(f.raw(name), info.type_id, (info.n_elements,))
+        _release_pages(f.raw(name))
         self._account_weight(v.nbytes, name)
         return v
 
@@ -124,6 +127,7 @@ class NumpyBackend(Backend):
             raise GGUFError(f.path, f"missing tensor {name!r}")
         n_embd, rows = info.shape
         raw = np.array(f.raw(name), copy=True).reshape(rows, -1).view(np.uint8)  # detach from the mmap
+        _release_pages(f.raw(name))
         t = EmbeddingTable(raw=raw, type_id=info.type_id, n_embd=n_embd)
         self._account_weight(t.nbytes, name)
         return t
@@ -300,6 +304,24 @@ class NumpyBackend(Backend):
 
     def to_host(self, x: np.ndarray) -> np.ndarray:
         return x
+
+
+def _release_pages(view: np.ndarray) -> None:
+    """Drop the file pages under a tensor's mapped view from this process once it is copied.
+
+    Without this every page of the GGUF file stays resident until the file is closed after load,
+    which adds the whole file (491 MB for Qwen) to peak RSS on top of the float32 weights. The
+    pages stay in the page cache; touching the view again faults them back in."""
+    base = view
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(base, "madvise") or view.nbytes == 0:
+        return
+    start = view.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data
+    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the view only
+    hi = (start + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if hi > lo:
+        base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _rope_tables(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
