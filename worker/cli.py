@@ -16,6 +16,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-device", type=int, default=0)
     p.add_argument("--ctx-size", type=int, default=None)
     p.add_argument("--eos-token-id", type=int, default=None, help="force this id to end generation")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer.json (or a folder with one) to use instead of the GGUF's vocabulary "
+                        "(default: a tokenizer.json beside the model file, if any)")
 
 
 def _progress_printer(label: str) -> Any:
@@ -44,7 +47,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path = resolve(args.model)
     backend = make_backend(args.device, gpu_device=args.gpu_device)
     model = load_model(path, backend, ctx_size=args.ctx_size, eos_token_id=args.eos_token_id,
-                       progress=_progress_printer("loading"))
+                       progress=_progress_printer("loading"), tokenizer=args.tokenizer)
     ids = model.encode_prompt(args.prompt, args.chat)
     seed = args.seed if args.seed is not None else int.from_bytes(__import__("os").urandom(8), "little")
     params = SamplingParams(
@@ -140,6 +143,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from worker.http.server import serve
 
+    if args.tokenizer is not None:
+        # The server's load_model call does not pass it on yet; refusing beats ignoring it.
+        print("error: --tokenizer is not supported by `worker serve` yet; put the tokenizer.json beside the "
+              "model file, where it is used automatically", file=sys.stderr)
+        return 1
     return serve(args)
 
 

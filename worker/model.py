@@ -13,7 +13,7 @@ from worker.adapters.base import ModelAdapter
 from worker.backends.base import Backend
 from worker.gguf_file import GGUFFile
 from worker.model_config import ModelConfig
-from worker.tokenizer import load_tokenizer
+from worker.tokenizer import find_tokenizer_json, load_tokenizer
 from worker.tokenizer.base import Tokenizer
 
 log = logging.getLogger("worker.model")
@@ -58,10 +58,17 @@ def load_model(
     ctx_size: int | None = None,
     eos_token_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
+    """`tokenizer`: a tokenizer.json (or a folder with one) to use instead of the GGUF's vocabulary;
+    without it, a tokenizer.json beside the model file is used when there is one."""
     f = GGUFFile(path)
     cfg = ModelConfig.from_gguf(f)
-    tokenizer = load_tokenizer(f, eos_override=eos_token_id)
+    tokenizer_json = find_tokenizer_json(path, tokenizer)
+    if tokenizer_json is not None and tokenizer is None:
+        # Louder than an explicit choice: a file nobody named changes the model's token ids.
+        log.warning("using %s found beside the model instead of the GGUF's vocabulary (hf-json)", tokenizer_json)
+    tok = load_tokenizer(f, eos_override=eos_token_id, tokenizer_json=tokenizer_json, n_vocab=cfg.vocab_size)
     adapter = adapter_for(f, cfg, backend)
     adapter.load(f, progress)
     ctx = min(ctx_size or cfg.context_length, cfg.context_length)
@@ -70,7 +77,7 @@ def load_model(
         name=cfg.name,
         cfg=cfg,
         quant_kind=f.quant_kind,
-        tokenizer=tokenizer,
+        tokenizer=tok,
         adapter=adapter,
         backend=backend,
         context_length=ctx,

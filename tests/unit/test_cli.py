@@ -60,3 +60,74 @@ def test_generate_streams_only_text_to_stdout() -> None:
     again = run("generate", "--model", "smollm2-135m-instruct", "--device", "cpu",
                 "--prompt", "The capital of France is", "--max-tokens", "6", "--seed", "2")
     assert again.stdout == r.stdout
+
+
+# --- --tokenizer / a tokenizer.json beside the model (hf-json) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def made_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny qwen2 fixture and a tokenizer.json of its own vocabulary, in separate folders."""
+    from fixtures.build import build_fixture
+    from fixtures.hf_tokenizer import byte_level_json, write
+    from worker.gguf_file import GGUFFile
+
+    model = build_fixture("qwen2", tmp_path_factory.mktemp("model"))  # vocabulary from SmolLM2 (registry)
+    m = GGUFFile(model).metadata
+    doc = byte_level_json(m["tokenizer.ggml.tokens"], m["tokenizer.ggml.token_type"], m["tokenizer.ggml.merges"],
+                          "qwen2")  # fmt: skip
+    return model, write(doc, tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+def _generate(model: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run("generate", "--model", str(model), "--device", "cpu", "--prompt", "Write a haiku about GPUs",
+               "--max-tokens", "5", *extra)  # fmt: skip
+
+
+@pytest.mark.realmodel
+def test_generate_with_tokenizer_json_gives_the_same_text(made_model: tuple[Path, Path]) -> None:
+    model, tok = made_model
+    plain, hf = _generate(model), _generate(model, "--tokenizer", str(tok))
+    assert plain.returncode == 0 and hf.returncode == 0, plain.stderr + hf.stderr
+    assert hf.stdout == plain.stdout and hf.stdout.strip()
+    ends = [json.loads(r.stderr.strip().splitlines()[-1]) for r in (plain, hf)]
+    from worker.gguf_file import GGUFFile
+    from worker.tokenizer import load_tokenizer
+
+    n_prompt = len(load_tokenizer(GGUFFile(model)).encode("Write a haiku about GPUs"))
+    assert ends[0]["prompt_tokens"] == ends[1]["prompt_tokens"] == n_prompt
+
+
+@pytest.mark.realmodel
+def test_missing_tokenizer_json_is_one_clear_line(made_model: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = made_model
+    r = _generate(model, "--tokenizer", str(tmp_path / "tokenizer.json"))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"error: {tmp_path / 'tokenizer.json'}: tokenizer.json not found"], r.stderr
+
+
+@pytest.mark.realmodel
+def test_tokenizer_json_beside_the_model_is_used(made_model: tuple[Path, Path], tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    from worker.backends.numpy_backend import NumpyBackend
+    from worker.model import load_model
+
+    model, tok = made_model
+    here = tmp_path / model.name
+    here.symlink_to(model)
+    assert load_model(here, NumpyBackend()).tokenizer.kind == "gguf-bpe"
+    (tmp_path / "tokenizer.json").write_bytes(tok.read_bytes())
+    with caplog.at_level("WARNING", logger="worker.model"):
+        loaded = load_model(here, NumpyBackend())
+    assert loaded.tokenizer.kind == "hf-json"
+    assert any("found beside the model" in r.getMessage() for r in caplog.records)
+    # ...and a broken one there stops the start-up, naming it, rather than being skipped.
+    (tmp_path / "tokenizer.json").write_text("{")
+    r = _generate(here)
+    assert r.returncode == 1 and f"{tmp_path / 'tokenizer.json'}: malformed tokenizer.json" in r.stderr
+
+
+def test_serve_refuses_tokenizer_until_the_server_passes_it_on(tmp_path: Path) -> None:
+    r = run("serve", "--model", str(tmp_path / "m.gguf"), "--tokenizer", str(tmp_path / "tokenizer.json"))
+    assert r.returncode == 1 and "--tokenizer is not supported by `worker serve` yet" in r.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize as ggml_dequantize
 
-from fixtures.build import ARCHITECTURES, build, plan
+from fixtures.build import ARCHITECTURES, build, plan, tensor_data
 from worker.backends.numpy_backend import NumpyBackend
 from worker.gguf_file import GGUFFile
 from worker.model_config import ModelConfig, UnsupportedArchitecture
@@ -59,6 +61,48 @@ def test_tiny_loads_with_claimed_types(tiny: dict[str, Path], arch: str) -> None
     assert tok.vocab_size == cfg.vocab_size
     assert tok.decode(tok.encode("Hello world, this is a test.")).strip() == "Hello world, this is a test."
     f.close()
+
+
+def test_without_vocabulary_the_same_tensors(tiny: dict[str, Path], tmp_path: Path) -> None:
+    # What tests/cuda builds on a GPU machine that cannot fetch the registry vocabulary.
+    bare = GGUFFile(build("qwen2", tmp_path / "bare.gguf", vocab=False))
+    full = GGUFFile(tiny["qwen2"])
+    assert not any(k.startswith("tokenizer.") for k in bare.metadata)
+    assert ModelConfig.from_gguf(bare).vocab_size == ModelConfig.from_gguf(full).vocab_size == 8192
+    assert list(bare.tensors) == list(full.tensors)
+    assert all(np.array_equal(bare.raw(n), full.raw(n)) for n in full.tensors)
+
+
+def test_quantize_at_full_size_draws_the_tiny_way() -> None:
+    # Full-shape files get random blocks by default; quantize=True uses the tiny files' values path.
+    tp = next(t for t in plan("qwen2", "full").tensors if t.name == "blk.0.ffn_down.weight")
+    small = dataclasses.replace(tp, shape=(4, tp.shape[1]))  # the values path, at a testable size
+    quantized = tensor_data(small, 0, "full", quantize=True)
+    assert np.array_equal(quantized, tensor_data(small, 0, "tiny"))
+    assert not np.array_equal(quantized, tensor_data(small, 0, "full"))
+    values = ggml_dequantize(quantized, tp.qtype)
+    assert 0.5 < float(values.std() * np.sqrt(tp.shape[1])) < 2  # N(0, 1/fan_in), quantized
+
+
+def test_cuda_fixture_module_builds_from_fixtures_build(tmp_path: Path) -> None:
+    # tests/cuda/make_fixture.py (imported by tests/cuda and bench/gpu_check.py) is a thin layer
+    # over fixtures/build.py; it must work without a GPU and without the registry vocabulary.
+    module = Path(__file__).parents[1] / "cuda" / "make_fixture.py"
+    spec = importlib.util.spec_from_file_location("make_fixture", module)
+    assert spec is not None and spec.loader is not None
+    mf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mf)
+    paths = mf.build_all(tmp_path, tiny=True)
+    assert set(paths) == {"smollm2-shape", "qwen25-shape"}
+    assert mf.build_all(tmp_path, tiny=True) == paths  # reused, not rebuilt
+    qwen = GGUFFile(paths["qwen25-shape"])
+    assert qwen.architecture == "qwen2" and {t.type_name for t in qwen.tensors.values()} == EXPECTED_TYPES["qwen2"]
+    assert GGUFFile(paths["smollm2-shape"]).architecture == "llama"
+    src = mf.RawTensors()
+    w = np.random.default_rng(0).standard_normal((3, 64), dtype=np.float32)
+    src.add_float("w", w, int(Q.Q8_0))
+    assert np.allclose(NumpyBackend().linear(np.eye(64, dtype=np.float32), NumpyBackend().matrix(src, "w")).T, w,
+                       atol=0.02)  # fmt: skip
 
 
 def test_gpt_oss_config(tiny: dict[str, Path]) -> None:

@@ -19,6 +19,7 @@ from worker.tokenizer import (
     GGUFBPETokenizer,
     StreamingDetokenizer,
     Tokenizer,
+    TokenizerFileError,
     UnsupportedTokenizer,
     load_tokenizer,
 )
@@ -387,5 +388,6 @@ def test_load_tokenizer_dispatch() -> None:
     assert load_tokenizer(_fake_file(**spm)).kind == "gguf-spm"
     with pytest.raises(UnsupportedTokenizer, match="'bert'"):
         load_tokenizer(_fake_file(**{"tokenizer.ggml.model": "bert"}))
-    with pytest.raises(UnsupportedTokenizer, match="hf-json"):
-        load_tokenizer(_fake_file(**_tiny_metadata()), tokenizer_json="tokenizer.json")
+    # A tokenizer.json, when given, wins over the GGUF vocabulary (tests/unit/test_tokenizer_hf_json.py).
+    with pytest.raises(TokenizerFileError, match=r"no-such-dir/tokenizer\.json: tokenizer\.json not found"):
+        load_tokenizer(_fake_file(**_tiny_metadata()), tokenizer_json="no-such-dir/tokenizer.json")

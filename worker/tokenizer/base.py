@@ -9,6 +9,10 @@ from typing import Any
 from worker.tokenizer.chat import ChatTemplate
 
 
+class UnsupportedTokenizer(ValueError):
+    """A vocabulary kind this worker cannot tokenize (yet)."""
+
+
 class Tokenizer(ABC):
     """Text <-> token ids for one model, plus its chat template and end-of-generation ids.
 

@@ -17,9 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from worker.tokenizer.base import Tokenizer
-from worker.tokenizer.chat import ChatTemplate
-from worker.tokenizer.gguf_bpe import BYTE, CONTROL, EOG_TEXTS, NORMAL, UNKNOWN, USER_DEFINED, _meta_id
+from worker.tokenizer.vocab import (
+    BYTE,
+    CONTROL,
+    NORMAL,
+    UNKNOWN,
+    USER_DEFINED,
+    Vocab,
+    VocabTokenizer,
+    check_eos_override,
+)
 
 log = logging.getLogger("worker.tokenizer")
 
@@ -27,52 +34,37 @@ SPACE = "\u2581"  # SentencePiece's visible space
 _C_SPACE = " \t\n\v\f\r"  # C isspace()
 
 
-class GGUFSPMTokenizer(Tokenizer):
+class GGUFSPMTokenizer(VocabTokenizer):
     kind = "gguf-spm"
 
     def __init__(self, metadata: Mapping[str, Any], *, eos_override: int | None = None) -> None:
-        tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
-        n = len(tokens)
-        if n == 0:
-            raise ValueError("tokenizer.ggml.tokens is empty")
-        raw_types = metadata.get("tokenizer.ggml.token_type")
-        types = np.asarray(raw_types, dtype=np.int32) if raw_types is not None else np.full(n, NORMAL, np.int32)
+        vocab = Vocab.from_gguf(metadata)
+        n = vocab.n
         raw_scores = metadata.get("tokenizer.ggml.scores")
-        scores = np.asarray(raw_scores, dtype=np.float32) if raw_scores is not None else np.zeros(n, np.float32)
-        if len(types) != n or len(scores) != n:
-            raise ValueError(f"token_type/scores lengths ({len(types)}, {len(scores)}) differ from {n} tokens")
+        # float32 as llama.cpp keeps them: equal float32 scores tie, and ties go to the leftmost pair.
+        scores = np.asarray(raw_scores, dtype=np.float32).tolist() if raw_scores is not None else [0.0] * n
+        if len(scores) != n:
+            raise ValueError(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
+        self._vocab = vocab
         self.vocab_size = n
-        self._texts = tokens
-        self._types = types.tolist()
-        self._scores = scores.tolist()
-        self._ids = {t: i for i, t in enumerate(tokens)}  # later duplicates win, as in llama.cpp
-        self.bos_id = _meta_id(metadata, "tokenizer.ggml.bos_token_id", n)
-        self.eos_id = _meta_id(metadata, "tokenizer.ggml.eos_token_id", n)
-        add_bos = metadata.get("tokenizer.ggml.add_bos_token")
-        self.add_bos = bool(add_bos) if add_bos is not None else True  # llama.cpp's SPM default
+        self._texts, self._types, self._ids = vocab.texts, vocab.types, vocab.ids
+        self._scores = scores
+        self.bos_id, self.eos_id = vocab.bos_id, vocab.eos_id
+        self.add_bos = vocab.add_bos if vocab.add_bos is not None else True  # llama.cpp's SPM default
         self.add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
         self.add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
 
-        eog: set[int] = set()
-        for text in EOG_TEXTS:
-            if text in self._ids:
-                eog.add(self._ids[text])
-                self._types[self._ids[text]] = CONTROL
-        for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-            found = _meta_id(metadata, key, n)
-            if found is not None:
-                eog.add(found)
+        eog = vocab.eog_by_text() | vocab.eog_from_metadata(metadata)
         if self.eos_id is not None:
             eog.add(self.eos_id)
+        check_eos_override(eos_override, n)
         if eos_override is not None:
-            if not 0 <= eos_override < n:
-                raise ValueError(f"eos_token_id override {eos_override} is outside the vocabulary (0..{n - 1})")
             eog.add(eos_override)
         self.eog_ids = frozenset(eog)
 
         # llama.cpp's cache_special_tokens: control, user-defined and unknown, longest first.
         special = [i for i, k in enumerate(self._types) if k in (CONTROL, USER_DEFINED, UNKNOWN)]
-        special.sort(key=lambda i: -len(tokens[i].encode("utf-8")))
+        special.sort(key=lambda i: -len(self._texts[i].encode("utf-8")))
         self._special = special
         # llama.cpp's Phi-3 attributes (by general.name): special tokens swallow the
         # whitespace after them, except <unk>, <s> and <|endoftext|>; </s> does too.
@@ -85,13 +77,7 @@ class GGUFSPMTokenizer(Tokenizer):
             for t in ("<unk>", "<s>", "<|endoftext|>"):
                 self._rstrip.discard(self._ids.get(t, -1))
         self._bytes = [self._piece(i) for i in range(n)]
-        super().__init__(
-            ChatTemplate(
-                metadata.get("tokenizer.chat_template"),
-                bos_token=tokens[self.bos_id] if self.bos_id is not None else "",
-                eos_token=tokens[self.eos_id] if self.eos_id is not None else "",
-            )
-        )
+        super().__init__(vocab.chat_template(metadata.get("tokenizer.chat_template")))
 
     # --- pieces ---------------------------------------------------------------------------------
     def _piece(self, i: int) -> bytes:
@@ -107,26 +93,12 @@ class GGUFSPMTokenizer(Tokenizer):
             return "\u2585".encode()
         return b""
 
-    def token_bytes(self, token_id: int) -> bytes:
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return self._bytes[token_id]
-
     def decode(self, ids: Iterable[int]) -> str:
         # llama_detokenize: with add_space_prefix, the first token's leading space is dropped.
         data = b"".join(self.token_bytes(int(i)) for i in ids)
         if self.add_space_prefix and data.startswith(b" "):
             data = data[1:]
         return data.decode("utf-8", errors="replace")
-
-    def token_text(self, token_id: int) -> str:
-        return self._texts[token_id]
-
-    def token_id(self, text: str) -> int | None:
-        return self._ids.get(text)
-
-    def is_control(self, token_id: int) -> bool:
-        return self._types[token_id] == CONTROL
 
     # --- encoding -------------------------------------------------------------------------------
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
