@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker.adapters.base import Decoder
 from worker.model import LoadedModel
 from worker.sampler import Sampler, SamplingParams
 from worker.tokenizer.stream import StreamingDetokenizer
@@ -108,6 +109,7 @@ def generate(
     t0 = time.perf_counter()
     n_prompt = len(prompt_ids)
     cache = model.adapter.new_cache(n_prompt + max_tokens)
+    decoder = None
     try:
         sampler = Sampler(sampling)
         text = TextAssembler(StreamingDetokenizer(model.tokenizer), stop)
@@ -117,14 +119,16 @@ def generate(
             raise Cancelled
         logits = model.adapter.forward(np.asarray(prompt_ids, dtype=np.int64), 0, cache)
         t_prefill = time.perf_counter()
+        make_decoder = getattr(model.adapter, "decoder", None)
+        decoder = make_decoder(cache) if make_decoder is not None else Decoder(model.adapter, cache)
         ttft = None
         reason = "max_tokens"
         produced = 0
         pos = n_prompt
+        token = sampler.sample(logits, history)
         while True:
             if should_stop():
                 raise Cancelled
-            token = sampler.sample(logits, history)
             if ttft is None:
                 ttft = time.perf_counter()
             if token in eog:
@@ -140,7 +144,11 @@ def generate(
                 break
             if produced >= max_tokens:
                 break
-            logits = model.adapter.forward(np.asarray([token], dtype=np.int64), pos, cache)
+            if sampler.greedy:
+                # argmax on the device: only the id comes back, not the logits
+                token = decoder.greedy(token, pos)
+            else:
+                token = sampler.sample(decoder.logits(token, pos), history)
             pos += 1
         last = text.finish()
         if last is not None and (last.text or last.ids):
@@ -156,4 +164,6 @@ def generate(
             prompt_tokens=n_prompt,
         )
     finally:
+        if decoder is not None:
+            decoder.close()
         model.backend.free_kv_cache(cache)

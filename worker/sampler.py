@@ -31,6 +31,12 @@ class Sampler:
         self.params = params
         self.rng = np.random.Generator(np.random.PCG64(params.seed))
 
+    @property
+    def greedy(self) -> bool:
+        """True when sample() is a plain argmax of the logits (no penalty, temperature 0)."""
+        p = self.params
+        return p.temperature <= 0.0 and p.repetition_penalty in (0.0, 1.0)
+
     def sample(self, logits: np.ndarray, history: Sequence[int]) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float32)

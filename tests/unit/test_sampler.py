@@ -96,3 +96,24 @@ def test_zero_repetition_penalty_means_off() -> None:
     lg = logits_fixture()
     off = Sampler(SamplingParams(temperature=0.0, repetition_penalty=0.0)).sample(lg, [int(np.argmax(lg))])
     assert off == int(np.argmax(lg))
+
+
+@pytest.mark.parametrize(
+    ("params", "greedy"),
+    [
+        (SamplingParams(temperature=0.0), True),
+        (SamplingParams(temperature=0.0, repetition_penalty=0.0), True),
+        (SamplingParams(temperature=0.0, repetition_penalty=1.3), False),
+        (SamplingParams(temperature=0.5), False),
+    ],
+)
+def test_greedy_means_sample_is_plain_argmax(params: SamplingParams, greedy: bool) -> None:
+    # generate() asks the decoder for the device argmax exactly when Sampler.greedy says so,
+    # so greedy must hold only where sample() returns np.argmax for every history.
+    s = Sampler(params)
+    assert s.greedy is greedy
+    lg = np.array([3.0, 2.9, -1.0], dtype=np.float32)
+    if greedy:
+        assert s.sample(lg, [0, 0, 0]) == int(np.argmax(lg))
+    elif params.temperature <= 0.0:
+        assert s.sample(lg, [0]) != int(np.argmax(lg))

@@ -90,41 +90,43 @@ class LlamaAdapter(ModelAdapter):
         if progress:
             progress(total, total)
 
+    @property
+    def capturable(self) -> bool:  # type: ignore[override]
+        # YaRN-style RoPE uses host-made tables per position: not replayable from a graph.
+        cfg = self.cfg
+        return not (cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0)
+
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
+        return self.backend.to_host(self.logits(tokens, start, cache))[0]
+
+    def logits(self, tokens: np.ndarray, start: int, cache: KVCache) -> Any:
         be, cfg = self.backend, self.cfg
         n = len(tokens)
-        positions = np.arange(start, start + n)
+        nq, nk = cfg.n_head * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        # phi3: llama.cpp scales Q before the f16 round of Q.K, then uses kq_scale 1.
+        q_scale = 1.0 / np.sqrt(cfg.head_dim) if cfg.architecture == "phi3" else None
         x = be.embed(self.tok_embd, tokens)
         for i, L in enumerate(self.layers):
-            h = be.rms_norm(x, L.attn_norm, cfg.norm_eps)
             if L.wk is None:  # phi3: one product, split into Q | K | V
-                qkv = be.linear(h, L.wq, L.bq)
-                nq, nk = cfg.n_head * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-                q = qkv[:, :nq].reshape(n, cfg.n_head, cfg.head_dim)
-                k = qkv[:, nq : nq + nk].reshape(n, cfg.n_kv_heads, cfg.head_dim)
-                v = qkv[:, nq + nk :].reshape(n, cfg.n_kv_heads, cfg.head_dim)
+                (qkv,) = be.norm_linears(x, L.attn_norm, cfg.norm_eps, [L.wq], [L.bq])
+                q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
             else:
-                q = be.linear(h, L.wq, L.bq).reshape(n, cfg.n_head, cfg.head_dim)
-                k = be.linear(h, L.wk, L.bk).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-                v = be.linear(h, L.wv, L.bv).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-            q = be.rope(q, positions, cfg)
-            k = be.rope(k, positions, cfg)
-            if L.wk is None:
-                # llama.cpp scales Q before the f16 round of Q.K, then uses kq_scale 1.
-                q = be.scale(q, 1.0 / np.sqrt(cfg.head_dim))
-                attn = be.attention_ext(q, k, v, cache, i, start, kq_scale=1.0)
-            else:
-                attn = be.attention(q, k, v, cache, i, start)
-            x = be.add(x, be.linear(attn, L.wo))
+                q, k, v = be.norm_linears(x, L.attn_norm, cfg.norm_eps, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
+            # what this layer reads after attention, and the next layer's first product
+            after = [L.wo, L.w_gate, L.w_up, L.w_down]
+            if i + 1 < cfg.n_layer:
+                nxt = self.layers[i + 1]
+                after += [nxt.wq, nxt.wk, nxt.wv]
+            be.prefetch(after)
+            attn = be.rope_attention(
+                q.reshape(n, cfg.n_head, cfg.head_dim),
+                k.reshape(n, cfg.n_kv_heads, cfg.head_dim),
+                v.reshape(n, cfg.n_kv_heads, cfg.head_dim),
+                cache, i, start, cfg, q_scale=q_scale,
+            )  # fmt: skip
+            x = be.linear_add(attn, L.wo, x)
             if i == cfg.n_layer - 1:
                 x = be.last_row(x)  # only the last position's logits are needed
-            h = be.rms_norm(x, L.ffn_norm, cfg.norm_eps)
-            if L.w_gate is None:
-                gu = be.linear(h, L.w_up)
-                half = gu.shape[-1] // 2
-                act = be.swiglu(gu[:, :half], gu[:, half:])
-            else:
-                act = be.swiglu(be.linear(h, L.w_gate), be.linear(h, L.w_up))
-            x = be.add(x, be.linear(act, L.w_down))
-        x = be.rms_norm(x, self.out_norm, cfg.norm_eps)
-        return be.to_host(be.linear(x, self.output))[0]
+            x = be.linear_add(be.norm_swiglu(x, L.ffn_norm, cfg.norm_eps, L.w_gate, L.w_up), L.w_down, x)
+        (out,) = be.norm_linears(x, self.out_norm, cfg.norm_eps, [self.output], [None])
+        return out

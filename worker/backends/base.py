@@ -135,6 +135,55 @@ class Backend(ABC):
         from query position t iff t - p < window; 0 = no window)."""
         raise NotImplementedError("attention_ext not implemented on this backend")
 
+    # -- fused steps: what a decoder layer does between two reads of the residual stream ------
+    # The defaults compose the primitive operations above, so the NumPy reference computes
+    # exactly what it computed before these existed; the CUDA backend overrides them with one
+    # kernel each for a single row (decode), which is where launch count decides speed.
+    def norm_linears(
+        self, x: Array, norm: Array, eps: float, ws: list[Any], biases: list[Array | None]
+    ) -> list[Array]:
+        """rms_norm(x) then one product per weight (Q, K, V; or the output head)."""
+        h = self.rms_norm(x, norm, eps)
+        return [self.linear(h, w, b) for w, b in zip(ws, biases, strict=True)]
+
+    def linear_add(self, x: Array, w: Any, residual: Array) -> Array:
+        """residual + x @ w.T."""
+        return self.add(residual, self.linear(x, w))
+
+    def norm_swiglu(self, x: Array, norm: Array, eps: float, w_gate: Any | None, w_up: Any) -> Array:
+        """swiglu(gate, up) of rms_norm(x); w_gate None: w_up holds gate rows then up rows (phi3)."""
+        h = self.rms_norm(x, norm, eps)
+        if w_gate is None:
+            gu = self.linear(h, w_up)
+            half = gu.shape[-1] // 2
+            return self.swiglu(gu[:, :half], gu[:, half:])
+        return self.swiglu(self.linear(h, w_gate), self.linear(h, w_up))
+
+    def rope_attention(
+        self, q: Array, k: Array, v: Array, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
+        *, q_scale: float | None = None,
+    ) -> Array:
+        """RoPE on q and k at positions start.., then attention(). q_scale (phi3): Q is scaled
+        after RoPE and the product Q.K is not scaled again (llama.cpp's order)."""
+        positions = np.arange(start, start + q.shape[0])
+        q = self.rope(q, positions, cfg)
+        k = self.rope(k, positions, cfg)
+        if q_scale is None:
+            return self.attention(q, k, v, cache, layer, start)
+        return self.attention_ext(self.scale(q, q_scale), k, v, cache, layer, start, kq_scale=1.0)
+
+    def prefetch(self, weights: list[Any]) -> None:
+        """A hint: these weights are read soon (a device backend may start moving them into
+        its cache while other work runs). No effect on results; the default does nothing."""
+        return None
+
+    def decoder(self, adapter: Any, cache: KVCache) -> Any:
+        """The object that runs a job's one-token steps (worker.adapters.base.Decoder); a
+        backend may return one that replays a captured step."""
+        from worker.adapters.base import Decoder
+
+        return Decoder(adapter, cache)
+
     # -- status (defaults for backends with no device) --------------------------------------
     def verify_residency(self) -> dict[str, Any]:
         """Check that every weight and KV-cache buffer is device memory. `resident` is the

@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
 import math
+import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from worker.adapters.base import Decoder
 from worker.backends.base import Backend, KVCache, OutOfDeviceMemory
 from worker.backends.numpy_backend import _gelu_f16_table, _yarn_tables
 from worker.gguf_file import GGUFError, GGUFFile
@@ -54,6 +57,7 @@ except Exception:  # pragma: no cover - depends on the machine
     cp = None  # type: ignore[assignment]
 
 KERNELS_PATH = Path(__file__).parent / "cuda" / "kernels.cu"
+DECODE_KERNELS_PATH = Path(__file__).parent / "cuda" / "decode.cu"
 
 # GGML type id -> kernel name suffix in kernels.cu (matvec_*, dequant_*, embed_*).
 KERNEL_SUFFIX = {
@@ -76,9 +80,23 @@ Q8_1_TYPES = frozenset({3, 7})  # Q4_1, Q5_1: offset formats whose products use 
 # attention score buffer: 64 MiB each.
 SCRATCH_ELEMS = 16 << 20
 ATT_THREADS = 128  # must match kernels.cu
+FMV_THREADS, FMV_WARPS = 256, 8  # must match decode.cu
+# Dynamic shared memory of a fused product (input row + q8_1 sums) within the 48 KiB a block
+# gets without opting in, less decode.cu's ~9 KiB of static buffers (weight staging).
+FMV_SMEM_BYTES = 38 * 1024
+NULL = np.uint64(0)  # a null pointer kernel argument
+PREFETCH_RANGES = 8  # must match attn_decode's arguments in decode.cu
+
+
+def fmv_smem(k: int) -> int:
+    """Dynamic shared memory of fmv_*: the input row padded to 33 words per 32 (decode.cu's
+    XI), then one q8_1 block sum per 32."""
+    units = -(-k // 32)
+    return (units * 33 + units) * 4
 CUDA_MEMORY_TYPE_DEVICE = 2  # cudaMemoryTypeDevice
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("worker.cuda")
 
 
 def cuda_available() -> bool:
@@ -176,12 +194,19 @@ class CupyBackend(Backend):
         self._caches: dict[int, weakref.ref[KVCache]] = {}
         self._functions: dict[str, Any] = {}
         self._memo: tuple[Any, str, Any, Any] | None = None  # last activation round trip
+        # Set while a GraphDecoder records or replays a step: kernels then read the token and
+        # its position from the decoder's device buffers instead of taking host values.
+        self._step: GraphDecoder | None = None
+        self._pending_prefetch: list[tuple[int, int]] = []  # (pointer, bytes) for attn_decode
+        self._decoders: weakref.WeakSet[GraphDecoder] = weakref.WeakSet()
         self.resident = False
         with self._device:
             self._pool = cp.get_default_memory_pool()
             if self.memory_limit is not None:
                 self._pool.set_limit(size=self.memory_limit)
-            self._module = cp.RawModule(code=KERNELS_PATH.read_text())
+            self._module = cp.RawModule(code=KERNELS_PATH.read_text() + DECODE_KERNELS_PATH.read_text())
+            props = cp.cuda.runtime.getDeviceProperties(self.device_id)
+            self._sm_count = int(props.get("multiProcessorCount", 132))
             self._dummy = cp.zeros(1, dtype=cp.float32)
             self._dummy_i = cp.zeros(1, dtype=cp.int32)
             self._gelu_table = cp.asarray(_gelu_f16_table())  # 256 KiB, for gelu()
@@ -224,7 +249,7 @@ class CupyBackend(Backend):
     def memory_in_use(self) -> int:
         """Bytes of device memory the backend's arrays hold now (the pool's used bytes)."""
         with self._device:
-            return int(self._pool.used_bytes())
+            return int(self._pool.used_bytes()) + sum(d.pool_used() for d in list(self._decoders))
 
     def pool_bytes(self) -> int:
         """Bytes the pool holds from the driver (used + cached free blocks)."""
@@ -326,7 +351,10 @@ class CupyBackend(Backend):
         if hit is not None and hit[0]() is f:
             return hit[1]
         host = np.ascontiguousarray(f.raw(name)).reshape(-1).view(np.uint8)
-        arr = cp.asarray(host)
+        # a 16-byte tail: decode.cu's staging reads whole words, up to 3 bytes past a row
+        base = cp.zeros(host.size + 16, dtype=cp.uint8)
+        base[: host.size].set(host)
+        arr = base[: host.size]
         self._register_weight(name, arr)
         with contextlib.suppress(TypeError):  # a file object without weakref support
             self._uploaded[(id(f), name)] = (weakref.ref(f), arr)
@@ -377,6 +405,12 @@ class CupyBackend(Backend):
     # -- compute ---------------------------------------------------------------------------
     @_device_op
     def embed(self, table: DeviceEmbedding, ids: np.ndarray) -> Any:
+        if self._step is not None:  # the token is in device memory (graph replay)
+            out = cp.empty((1, table.n_embd), dtype=cp.float32)
+            self._fn("embed_" + KERNEL_SUFFIX[table.type_id])(
+                (1,), (256,), (table.raw, np.int64(table.row_bytes), self._step.tok_d, out, np.int32(table.n_embd))
+            )
+            return out
         ids_h = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids_h.size and (ids_h.min() < 0 or ids_h.max() >= table.rows):
             raise IndexError(f"token id out of range 0..{table.rows - 1}")
@@ -665,6 +699,157 @@ class CupyBackend(Backend):
         )
         return out
 
+    # -- fused one-row steps (decode.cu) -----------------------------------------------------
+    def _fusable(self, x: Any, ws: list[Any]) -> bool:
+        """One row, weights of one activation kind, an input that fits the kernel's shared
+        memory; anything else takes the composed path (the base class's defaults)."""
+        if x.ndim != 2 or x.shape[0] != 1 or not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
+            return False
+        k, act = ws[0].n_in, ws[0].act_type
+        if any(w.n_in != k or w.act_type != act for w in ws) or x.shape[1] != k:
+            return False
+        if (act in ("q8_0", "q8_1") and k % 32) or (act == "q8_k" and k % 256):
+            return False
+        return fmv_smem(k) <= FMV_SMEM_BYTES
+
+    @_device_op
+    def norm_linears(self, x: Any, norm: Any, eps: float, ws: list[Any], biases: list[Any | None]) -> list[Any]:
+        x = self._f32(x)
+        if not self._fusable(x, ws) or len(ws) > 3:
+            return super().norm_linears(x, norm, eps, ws, biases)
+        outs = [cp.empty((1, w.n_out), dtype=cp.float32) for w in ws]
+        segs = [(w.raw, w.row_bytes, w.type_id, w.n_out) for w in ws]
+        self._fmv_launch(x, norm, eps, 0, segs, [self._bias(b) for b in biases], outs, ws[0].act_type)
+        return outs
+
+    @_device_op
+    def linear_add(self, x: Any, w: Any, residual: Any) -> Any:
+        x = self._f32(x)
+        residual = self._f32(residual)
+        if not self._fusable(x, [w]) or residual.shape != (1, w.n_out):
+            return super().linear_add(x, w, residual)
+        y = cp.empty((1, w.n_out), dtype=cp.float32)
+        self._fmv_launch(x, None, 0.0, 1, [(w.raw, w.row_bytes, w.type_id, w.n_out)], [None], [y], w.act_type, residual)
+        return y
+
+    @_device_op
+    def norm_swiglu(self, x: Any, norm: Any, eps: float, w_gate: Any | None, w_up: Any) -> Any:
+        x = self._f32(x)
+        ws = [w_up] if w_gate is None else [w_gate, w_up]
+        if not self._fusable(x, ws) or (w_gate is None and w_up.n_out % 2):
+            return super().norm_swiglu(x, norm, eps, w_gate, w_up)
+        if w_gate is None:  # phi3: gate rows then up rows of one matrix
+            half = w_up.n_out // 2
+            segs = [(w_up.raw, w_up.row_bytes, w_up.type_id, half),
+                    (w_up.raw[half * w_up.row_bytes :], w_up.row_bytes, w_up.type_id, half)]  # fmt: skip
+        else:
+            if w_gate.n_out != w_up.n_out:
+                return super().norm_swiglu(x, norm, eps, w_gate, w_up)
+            half = w_up.n_out
+            segs = [(w.raw, w.row_bytes, w.type_id, half) for w in (w_gate, w_up)]
+        y = cp.empty((1, half), dtype=cp.float32)
+        self._fmv_launch(x, norm, eps, 2, segs, [None, None], [y], w_up.act_type)
+        return y
+
+    def _bias(self, b: Any | None) -> Any | None:
+        return None if b is None else self._f32(b)
+
+    def _fmv_launch(
+        self, x: Any, norm: Any | None, eps: float, mode: int, segs: list[tuple[Any, int, int, int]],
+        biases: list[Any | None], outs: list[Any], act: str, resid: Any | None = None,
+    ) -> None:
+        k = int(x.shape[1])
+        total = segs[0][3] if mode else sum(sg[3] for sg in segs)
+        units = k // 32
+        # split long rows over several warps of a block (the down projection: 896 rows of 4864)
+        wpr = 8 if units >= 128 else 4 if units >= 64 else 2 if units >= 40 else 1
+        if mode == 2 and wpr == 1:
+            mode, wpr = 3, 2  # gate and up rows on two warps
+        rows_per_iter = FMV_WARPS // wpr
+        # one wave (4 resident blocks of 256 threads per multiprocessor at fmv's 64 registers):
+        # more rounds of rows per block when there are many rows
+        iters = max(1, -(-total // (self._sm_count * 4 * rows_per_iter)))
+        grid = -(-total // (rows_per_iter * iters))
+        nw = NULL if norm is None else norm
+        args: list[Any] = [x, nw, np.float32(eps), np.int32(k), np.int32(mode), np.int32(iters), np.int32(wpr)]
+        for i in range(3):
+            if i < len(segs):
+                raw, rb, t, n = segs[i]
+                b = biases[i] if i < len(biases) and biases[i] is not None else NULL
+                y = outs[i] if i < len(outs) else NULL
+                args += [raw, np.int64(rb), np.int32(t), np.int32(n), b, y]
+            else:
+                args += [NULL, np.int64(0), np.int32(-1), np.int32(0), NULL, NULL]
+        args.append(NULL if resid is None else resid)
+        self._fn("fmv_" + act)((grid,), (FMV_THREADS,), tuple(args), shared_mem=fmv_smem(k))
+
+    def prefetch(self, weights: list[Any]) -> None:
+        # taken by the next fused attention launch (it reads no weights itself)
+        self._pending_prefetch = [(w.raw.data.ptr, w.nbytes) for w in weights if isinstance(w, DeviceMatrix)]
+
+    @_device_op
+    def rope_attention(
+        self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
+        *, q_scale: float | None = None,
+    ) -> Any:
+        n, n_head, d = q.shape
+        n_kv = k.shape[1]
+        yarn = cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0
+        if n != 1 or yarn or d > 256 or n_head % n_kv:
+            self._pending_prefetch = []
+            if self._step is not None and self._step.capturing:
+                # the composed path takes the position from the host: a graph would freeze it
+                raise RuntimeError("rope_attention: this shape has no device-position kernel")
+            return super().rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale)
+        if start + 1 > cache.capacity:
+            raise ValueError(f"KV cache overflow: position {start + 1} > capacity {cache.capacity}")
+        q, k, v = self._f32(q), self._f32(k), self._f32(v)
+        step = self._step
+        if step is not None:
+            pos, stride, scores = step.pos_d, cache.capacity, step.scores
+        else:
+            pos, stride = NULL, start + 1
+            scores = cp.empty(n_head * stride, dtype=cp.float32)
+        out = cp.empty((1, n_head * d), dtype=cp.float32)
+        style = {"none": 0, "normal": 1, "neox": 2}[cfg.rope_style]
+        ranges = self._pending_prefetch[:PREFETCH_RANGES]
+        self._pending_prefetch = []
+        ranges += [(0, 0)] * (PREFETCH_RANGES - len(ranges))
+        pf = [v for ptr, n in ranges for v in (np.uint64(ptr), np.int64(n))]
+        theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
+        self._fn("attn_decode")(
+            (n_head,),
+            (ATT_THREADS,),
+            (
+                q, k, v, cache.k[layer], cache.v[layer], out, scores, np.int32(stride), pos, np.int32(start),
+                np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(cfg.rope_dim), np.float32(theta_scale),
+                np.int32(style), np.float32(q_scale or 0.0), np.int32(q_scale is not None),
+                np.float32(1.0 if q_scale is not None else 1.0 / np.sqrt(d)), np.int32(0), *pf,
+            ),
+        )  # fmt: skip
+        return out
+
+    def argmax_into(self, logits: Any, next_d: Any, tok_d: Any | None = None, pos_d: Any | None = None) -> None:
+        """next_d[0] = argmax(logits) on the device (np.argmax's ties and NaN); a replayed step
+        also sets tok_d (its next input) and advances pos_d."""
+        n = int(logits.size)
+        blocks = max(1, min(2 * self._sm_count, -(-n // 1024)))
+        chunk = -(-n // blocks)
+        pv = cp.empty(blocks, dtype=cp.float32)
+        pi = cp.empty(blocks, dtype=cp.int32)
+        self._fn("argmax_partial")((blocks,), (256,), (logits, np.int32(n), np.int32(chunk), pv, pi))
+        self._fn("argmax_step")(
+            (1,), (256,),
+            (pv, pi, np.int32(blocks), next_d, NULL if tok_d is None else tok_d, NULL if pos_d is None else pos_d),
+        )  # fmt: skip
+
+    def decoder(self, adapter: Any, cache: KVCache) -> Any:
+        if getattr(adapter, "capturable", False) and os.environ.get("WORKER_CUDA_GRAPHS", "1") != "0":
+            dec = GraphDecoder(self, adapter, cache)
+            self._decoders.add(dec)
+            return dec
+        return super().decoder(adapter, cache)
+
     def experts(self, f: GGUFFile, name: str) -> list[DeviceMatrix]:
         """[n_expert, out, in] uploaded once; one DeviceMatrix view per expert."""
         info = self._info(f, name)
@@ -699,3 +884,130 @@ class CupyBackend(Backend):
     @_device_op
     def to_host(self, x: Any) -> np.ndarray:
         return cp.asnumpy(x)
+
+
+class GraphDecoder(Decoder):
+    """A job's decode steps as one CUDA graph, replayed per token.
+
+    The first step runs eagerly (it loads the kernels and fills the decoder's own memory
+    pool); the second is captured and every later one replays the graph. Inside the step the
+    token and its position come from device memory (tok_d, pos_d), and its last kernel writes
+    the argmax into next_d and tok_d and advances pos_d, so a greedy decode exchanges 4 bytes
+    with the host per token. Intermediate arrays come from a pool that only this decoder uses,
+    so the addresses baked into the graph stay valid until close(). If capture fails, the
+    decoder keeps running the step eagerly (same kernels, same results) and logs why.
+    """
+
+    def __init__(self, backend: CupyBackend, adapter: Any, cache: KVCache) -> None:
+        super().__init__(adapter, cache)
+        self.be = backend
+        cfg = adapter.cfg
+        with backend._device:
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.pool = cp.cuda.MemoryPool()
+            if backend.memory_limit is not None:
+                self.pool.set_limit(size=max(1, backend.memory_limit - backend.memory_in_use()))
+            self.state = cp.zeros(3, dtype=cp.int32)  # token, position, argmax
+            self.scores = cp.empty(cfg.n_head * cache.capacity, dtype=cp.float32)
+        self.tok_d, self.pos_d, self.next_d = self.state[0:1], self.state[1:2], self.state[2:3]
+        self.graph: Any = None
+        self.logits_d: Any = None
+        self.steps = 0
+        self.eager = False  # set when capture failed
+        self.capturing = False
+        self._dev: tuple[int | None, int | None] = (None, None)  # (token, position) the device holds
+
+    def pool_used(self) -> int:
+        return int(self.pool.used_bytes()) if self.pool is not None else 0
+
+    def _record(self) -> Any:
+        """The step's kernels on self.stream, allocating from self.pool."""
+        be = self.be
+        be._step = self
+        try:
+            with cp.cuda.using_allocator(self.pool.malloc):
+                logits = self.adapter.logits(np.zeros(1, dtype=np.int64), self._dev[1] or 0, self.cache)
+                be.argmax_into(logits, self.next_d, self.tok_d, self.pos_d)
+            return logits
+        finally:
+            be._step = None
+
+    def _launch(self, token: int, pos: int) -> None:
+        if pos + 1 > self.cache.capacity:
+            raise ValueError(f"KV cache overflow: position {pos + 1} > capacity {self.cache.capacity}")
+        be = self.be
+        with be._device, self.stream:
+            if self._dev != (token, pos):
+                self.state[0:2].set(np.array([token, pos], dtype=np.int32), stream=self.stream)
+                self._dev = (token, pos)
+            try:
+                if self.graph is not None:
+                    self.graph.launch(self.stream)
+                elif self.steps == 0 or self.eager:
+                    self.logits_d = None
+                    self.logits_d = self._record()
+                else:
+                    self._capture()
+            except Exception as exc:
+                if cp is not None and _is_oom(exc):
+                    requested = int(getattr(exc, "_size", 0) or 0)
+                else:
+                    raise
+            else:
+                requested = -1
+        if requested >= 0:
+            be._on_oom()
+            raise OutOfDeviceMemory(requested, be.memory_in_use(), be.memory_limit or -1)
+        self.steps += 1
+        self._dev = (None, pos + 1)
+
+    def _capture(self) -> None:
+        self.logits_d = None  # its blocks go back to the pool for the capture to reuse
+        self.capturing = True
+        self.stream.begin_capture()
+        logits = graph = error = None
+        try:
+            logits = self._record()
+        except Exception as exc:
+            error = exc
+        finally:
+            self.capturing = False
+            try:
+                graph = self.stream.end_capture()
+            except Exception as exc:  # the capture was invalidated
+                error = error or exc
+        if error is not None:
+            if _is_oom(error):
+                raise error
+            log.warning("CUDA graph capture failed (%s: %s); decoding without a graph", type(error).__name__, error)
+            self.eager = True
+            self.logits_d = self._record()
+            return
+        self.graph, self.logits_d = graph, logits
+        self.graph.launch(self.stream)
+
+    def greedy(self, token: int, pos: int) -> int:
+        self._launch(token, pos)
+        with self.be._device:
+            nxt = int(self.next_d.get(stream=self.stream)[0])
+        self._dev = (nxt, pos + 1)
+        return nxt
+
+    def logits(self, token: int, pos: int) -> np.ndarray:
+        self._launch(token, pos)
+        with self.be._device:
+            out = cp.asnumpy(self.logits_d[0], stream=self.stream)
+            nxt = int(self.next_d.get(stream=self.stream)[0])
+        self._dev = (nxt, pos + 1)
+        return out
+
+    def close(self) -> None:
+        if self.pool is None:
+            return
+        with self.be._device:
+            self.stream.synchronize()
+            self.graph = self.logits_d = None
+            self.state = self.scores = self.tok_d = self.pos_d = self.next_d = None
+            self.pool.free_all_blocks()
+        self.pool = None
+        self.be._decoders.discard(self)

@@ -1,0 +1,245 @@
+"""The fused one-token kernels (decode.cu) and the CUDA-graph decoder, on the GPU.
+
+The fused steps must compute what the composed steps compute (the base Backend's defaults
+over the unfused CUDA kernels, themselves checked against NumPy in test_cuda_backend.py): the
+same rounding of every activation and the same weight bits, with float32 sums in another
+order, so within 1e-5 relative; attention and the KV-cache rows bit-identical. The graph
+decoder replays exactly the kernels an eager one-token forward pass runs, so its logits and
+greedy ids must be bit-identical to forward()'s.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'worker-orcd[cuda]')")
+
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from make_fixture import RawTensors, build_all  # noqa: E402
+
+from worker.adapters import adapter_for  # noqa: E402
+from worker.backends.base import Backend  # noqa: E402
+from worker.backends.cupy_backend import CupyBackend, GraphDecoder, cuda_available  # noqa: E402
+from worker.backends.numpy_backend import NumpyBackend  # noqa: E402
+from worker.gguf_file import GGUFFile  # noqa: E402
+from worker.model_config import ModelConfig  # noqa: E402
+
+if not cuda_available():
+    pytest.skip("no CUDA device visible to CuPy", allow_module_level=True)
+
+pytestmark = pytest.mark.cuda
+
+ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.MXFP4]
+K_TYPES = {T.Q4_K, T.Q5_K, T.Q6_K}
+
+
+def rel(a, b) -> float:
+    a = np.asarray(cp.asnumpy(a) if isinstance(a, cp.ndarray) else a, dtype=np.float64)
+    b = np.asarray(cp.asnumpy(b) if isinstance(b, cp.ndarray) else b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def bits_equal(a, b) -> bool:
+    a = cp.asnumpy(a) if isinstance(a, cp.ndarray) else a
+    b = cp.asnumpy(b) if isinstance(b, cp.ndarray) else b
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    be = CupyBackend(0)
+    yield be
+    be.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return build_all(tmp_path_factory.mktemp("fixtures"), tiny=True)
+
+
+def _load(path, be):
+    f = GGUFFile(path)
+    cfg = ModelConfig.from_gguf(f)
+    ad = adapter_for(f, cfg, be)
+    ad.load(f)
+    return cfg, ad
+
+
+def _weights(qtype, shapes, seed):
+    rng = np.random.default_rng(seed)
+    src = RawTensors()
+    for i, (n_out, n_in) in enumerate(shapes):
+        src.add_float(f"w{i}", rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.05, int(qtype))
+        src.add_float(f"b{i}", rng.standard_normal((1, n_out), dtype=np.float32)[0], int(T.F32))
+    return src
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_fused_products_match_composed(gpu, qtype):
+    n_in = 512 if qtype in K_TYPES else 384
+    src = _weights(qtype, [(96, n_in), (32, n_in), (32, n_in)], int(qtype))
+    ref = NumpyBackend()
+    rng = np.random.default_rng(100 + int(qtype))
+    x = rng.standard_normal((1, n_in), dtype=np.float32) * 3
+    norm = rng.standard_normal(n_in, dtype=np.float32)
+    ws = [gpu.matrix(src, f"w{i}") for i in range(3)]
+    bs = [gpu.vector(src, f"b{i}") for i in range(3)]
+    wn = [ref.matrix(src, f"w{i}") for i in range(3)]
+    bn = [ref.vector(src, f"b{i}") for i in range(3)]
+    xd, nd = cp.asarray(x), cp.asarray(norm)
+    # norm + three products with biases (Q, K, V)
+    fused = gpu.norm_linears(xd, nd, 1e-6, ws, bs)
+    composed = Backend.norm_linears(gpu, xd, nd, 1e-6, ws, bs)
+    expect = ref.norm_linears(x, norm, 1e-6, wn, bn)
+    for f, c, e in zip(fused, composed, expect, strict=True):
+        assert rel(f, c) < 1e-5 and rel(f, e) < 1e-5
+    assert all(bits_equal(a, b) for a, b in zip(fused, gpu.norm_linears(xd, nd, 1e-6, ws, bs), strict=True))
+    # product + residual (O, down)
+    resid = cp.asarray(rng.standard_normal((1, 96), dtype=np.float32))
+    y = gpu.linear_add(xd, ws[0], resid)
+    assert rel(y, Backend.linear_add(gpu, xd, ws[0], resid)) < 1e-5
+    assert rel(y, ref.linear_add(x, wn[0], cp.asnumpy(resid))) < 1e-5
+    # norm + gate/up + SwiGLU, separate weights and phi3's fused gate|up
+    g = gpu.norm_swiglu(xd, nd, 1e-6, ws[1], ws[2])
+    assert rel(g, Backend.norm_swiglu(gpu, xd, nd, 1e-6, ws[1], ws[2])) < 1e-5
+    assert rel(g, ref.norm_swiglu(x, norm, 1e-6, wn[1], wn[2])) < 1e-5
+    h = gpu.norm_swiglu(xd, nd, 1e-6, None, ws[0])
+    assert h.shape == (1, 48)
+    assert rel(h, Backend.norm_swiglu(gpu, xd, nd, 1e-6, None, ws[0])) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape"])
+@pytest.mark.parametrize("q_scale", [None, 0.125])
+def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale):
+    cfg, _ = _load(tiny_models[arch], NumpyBackend())
+    rng = np.random.default_rng(11)
+    d, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_kv_heads
+    caches = [gpu.new_kv_cache(cfg, 40) for _ in range(2)]
+    prompt = [cp.asarray(rng.standard_normal((13, h, d), dtype=np.float32)) for h in (nh, nkv, nkv)]
+    for c in caches:  # the same prefill in both caches (composed path: n > 1)
+        gpu.rope_attention(*prompt, c, 0, 0, cfg, q_scale=q_scale)
+    step = [cp.asarray(rng.standard_normal((1, h, d), dtype=np.float32)) for h in (nh, nkv, nkv)]
+    fused = gpu.rope_attention(*step, caches[0], 0, 13, cfg, q_scale=q_scale)
+    composed = Backend.rope_attention(gpu, *step, caches[1], 0, 13, cfg, q_scale=q_scale)
+    assert bits_equal(fused, composed)
+    assert bits_equal(caches[0].k, caches[1].k) and bits_equal(caches[0].v, caches[1].v)
+    for c in caches:
+        gpu.free_kv_cache(c)
+
+
+def test_argmax_matches_numpy(gpu):
+    rng = np.random.default_rng(5)
+    cases = [rng.standard_normal(151936).astype(np.float32) for _ in range(3)]
+    tie = rng.standard_normal(5000).astype(np.float32)
+    tie[[17, 4000]] = 9.0  # equal maxima: the first index wins
+    cases.append(tie)
+    nan = rng.standard_normal(3000).astype(np.float32)
+    nan[[50, 2000]] = np.nan
+    cases.append(nan)
+    cases.append(np.full(700, -np.inf, dtype=np.float32))
+    out = cp.zeros(1, dtype=cp.int32)
+    for x in cases:
+        gpu.argmax_into(cp.asarray(x), out)
+        assert int(out.get()[0]) == int(np.argmax(x))
+
+
+def _prefill(ad, prompt, cap):
+    cache = ad.new_cache(cap)
+    return cache, ad.forward(prompt, 0, cache)
+
+
+@pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape", "phi3"])
+def test_graph_decoder_bit_identical_to_forward(gpu, tiny_models, arch, tmp_path):
+    if arch == "phi3":
+        from fixtures.build import build_fixture
+
+        try:
+            path = build_fixture("phi3", tmp_path, seed=0)
+        except Exception as exc:  # pragma: no cover - the GPU machine may lack the vocabulary
+            import os
+            from pathlib import Path
+
+            pre = os.environ.get("WORKER_ARCH_FIXTURES")
+            if not pre:
+                pytest.skip(f"phi3 fixture not buildable here: {exc}")
+            path = Path(pre) / "phi3-tiny-s0.gguf"
+    else:
+        path = tiny_models[arch]
+    cfg, ad = _load(path, gpu)
+    prompt = np.random.default_rng(3).integers(0, cfg.vocab_size, 7)
+    steps = 20
+    # eager: forward() per token, greedy on the host
+    cache_e, logits = _prefill(ad, prompt, 7 + steps + 1)
+    eager_ids, eager_logits = [int(np.argmax(logits))], []
+    for i in range(steps):
+        logits = ad.forward(np.array([eager_ids[-1]]), 7 + i, cache_e)
+        eager_logits.append(logits)
+        eager_ids.append(int(np.argmax(logits)))
+    gpu.free_kv_cache(cache_e)
+    # graph: greedy on the device, then logits() for the same steps in a second job
+    for mode in ("greedy", "logits"):
+        cache_g, logits = _prefill(ad, prompt, 7 + steps + 1)
+        dec = ad.decoder(cache_g)
+        assert isinstance(dec, GraphDecoder)
+        ids = [int(np.argmax(logits))]
+        for i in range(steps):
+            if mode == "greedy":
+                ids.append(dec.greedy(ids[-1], 7 + i))
+            else:
+                lg = dec.logits(ids[-1], 7 + i)
+                assert bits_equal(lg, eager_logits[i]), f"step {i}"
+                ids.append(int(np.argmax(lg)))
+        assert dec.graph is not None and not dec.eager  # captured, replayed
+        dec.close()
+        gpu.free_kv_cache(cache_g)
+        assert ids == eager_ids
+
+
+def test_graph_decoder_sampled_tokens_feed_back(gpu, tiny_models):
+    # The host's sampled token (not the device argmax) must be the next step's input.
+    cfg, ad = _load(tiny_models["qwen25-shape"], gpu)
+    prompt = np.random.default_rng(4).integers(0, cfg.vocab_size, 5)
+    forced = np.random.default_rng(6).integers(0, cfg.vocab_size, 12)
+    cache_e, _ = _prefill(ad, prompt, 20)
+    expect = [ad.forward(np.array([t]), 5 + i, cache_e) for i, t in enumerate(forced)]
+    cache_g, _ = _prefill(ad, prompt, 20)
+    dec = ad.decoder(cache_g)
+    got = [dec.logits(int(t), 5 + i) for i, t in enumerate(forced)]
+    dec.close()
+    for c in (cache_e, cache_g):
+        gpu.free_kv_cache(c)
+    assert all(bits_equal(a, b) for a, b in zip(got, expect, strict=True))
+
+
+def test_graph_decoder_memory_returns_to_baseline(gpu, tiny_models):
+    _, ad = _load(tiny_models["smollm2-shape"], gpu)
+    gc.collect()
+    for _ in range(2):  # the second job must start and end where the first did
+        base = gpu.memory_in_use()
+        cache, logits = _prefill(ad, np.arange(5), 40)
+        dec = ad.decoder(cache)
+        tok = int(np.argmax(logits))
+        for i in range(30):
+            tok = dec.greedy(tok, 5 + i)
+        assert gpu.memory_in_use() > base
+        dec.close()
+        gpu.free_kv_cache(cache)
+        gc.collect()
+        assert gpu.memory_in_use() == base
+
+
+def test_graph_decoder_rejects_overflow(gpu, tiny_models):
+    _, ad = _load(tiny_models["smollm2-shape"], gpu)
+    cache, logits = _prefill(ad, np.arange(5), 8)
+    dec = ad.decoder(cache)
+    tok = int(np.argmax(logits))
+    for i in range(3):
+        tok = dec.greedy(tok, 5 + i)
+    with pytest.raises(ValueError, match="KV cache overflow"):
+        dec.greedy(tok, 8)
+    dec.close()
+    gpu.free_kv_cache(cache)
