@@ -1,6 +1,6 @@
 """Sessions a user asks for: tests, conformance (against llama.cpp), lint, serve, bench.
 
-`nox` with no arguments runs what CI runs (`lint`, `tests`, `conformance`, `gates`).
+`nox` with no arguments runs what CI runs (`lint`, `tests`, `conformance`, `gates`, `fuzz`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "tests", "conformance", "gates"]
+nox.options.sessions = ["lint", "tests", "conformance", "gates", "fuzz"]
 
 PYTHON = "3.11"
 LLAMA_CPP = "llama-cpp-python==0.3.36"
@@ -46,6 +46,17 @@ def conformance(session: nox.Session) -> None:
     session.run(
         "pytest", "-m", "conformance", *session.posargs, env={"WORKER_REQUIRE_LLAMA_CPP": "1"}
     )
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Hostile requests: schemathesis sends >= 2,000 generated requests to a live worker through its
+    served OpenAPI schema; no 5xx, no hang, every stream well formed, the worker healthy and serving
+    afterwards (tests/reliability/fuzz_http.py; FUZZ_EXAMPLES and FUZZ_SEED change the run).
+
+    The GGUF fuzzer, hostile hand-written requests, load and faults run in `tests`."""
+    install(session, "dev", "fuzz")
+    session.run("pytest", "tests/reliability/fuzz_http.py", "-s", *session.posargs)
 
 
 @nox.session(python=PYTHON)

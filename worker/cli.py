@@ -158,13 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve one model over HTTP (SSE streaming)")
     _add_model_args(s)
     s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; other addresses, such as "
+                        "0.0.0.0, only when given, and then with --api-key)")
     s.add_argument("--worker-id", default=None)
     s.add_argument("--max-tokens-out", type=int, default=2048)
     s.add_argument("--vram-limit", type=int, default=None, help="device memory budget in bytes")
     s.add_argument("--inference-timeout-sec", type=float, default=300.0)
     s.add_argument("--queue-depth", type=int, default=8)
-    s.add_argument("--api-key", default=None, help="require this bearer token on /execute and /cancel")
+    s.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on /execute and /cancel (or set WORKER_API_KEY); "
+                        "printable ASCII, no spaces")
     s.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("generate", help="generate text to stdout")

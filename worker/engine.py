@@ -241,6 +241,8 @@ class Engine:
         self._jobs: dict[str, Job] = {}  # admitted and unfinished, queued or running
         self._draining = False
         self._closing = False
+        # Set when drain gave up on a job stuck inside one forward pass (which cannot be interrupted).
+        self._stuck = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Tokenizing on its own thread keeps admission (400s) quick while a job decodes.
@@ -284,6 +286,7 @@ class Engine:
         while self._running is job and time.monotonic() < end:
             await asyncio.sleep(0.01)
         if not job.done:
+            self._stuck = True
             self._end(job, Failed("CANCELLED", "worker shutting down"), "cancelled")
 
     async def shutdown(self) -> None:
@@ -295,7 +298,10 @@ class Engine:
         if self._residency_task is not None:
             self._residency_task.cancel()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 2.0)
+            # A thread stuck in a forward pass will not come back within the 5 s the contract gives
+            # the exit (drain already used 4): don't wait for it; it is a daemon thread, and
+            # closing the backend under it is skipped below.
+            await asyncio.to_thread(self._thread.join, 0.1 if self._stuck else 2.0)
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         if self._thread is None or not self._thread.is_alive():
             self.model.backend.close()  # frees the weights and pools on a device backend
@@ -547,6 +553,7 @@ class Engine:
 
 # -- test hook ---------------------------------------------------------------------------------
 FAULT_KINDS = ("raise", "oom", "delay")
+FAULT_ARG_MAX = 60_000
 
 
 def parse_fault(spec: str | None) -> tuple[str, int]:
@@ -554,8 +561,14 @@ def parse_fault(spec: str | None) -> tuple[str, int]:
     `oom@N`: it raises OutOfDeviceMemory (-> VRAM_OOM, mid-stream); `delay@MS`: every forward
     pass sleeps MS ms first (slow tokens for timeout and shutdown tests)."""
     kind, _, arg = (spec or "").partition("@")
-    if kind not in FAULT_KINDS or not arg.isdigit() or int(arg) < 1:
-        raise Rejected(400, "INVALID_REQUEST", f"bad test fault {spec!r}: want raise@N, oom@N or delay@MS", "fault")
+    # ASCII digits and a bound: `delay@1e30`-sized sleeps overflow time.sleep (a job failure, not
+    # the delay the test asked for); no test needs more than a minute per pass.
+    if kind not in FAULT_KINDS or not (arg.isascii() and arg.isdigit()) or not 1 <= int(arg) <= FAULT_ARG_MAX:
+        raise Rejected(
+            400, "INVALID_REQUEST",
+            f"bad test fault {(spec or '')[:64]!r}: want raise@N, oom@N or delay@MS, 1 <= N, MS <= {FAULT_ARG_MAX}",
+            "fault",
+        )
     return kind, int(arg)
 
 

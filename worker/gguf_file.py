@@ -13,20 +13,33 @@ import os
 import struct
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
 from gguf.constants import GGML_QUANT_SIZES
+from gguf.gguf_reader import ReaderField
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSION = 3
 # Caps applied before a count read from the file is trusted: real models have a few thousand
-# tensors and a few dozen metadata keys (vocabularies are arrays inside one key).
-MAX_TENSORS = 1 << 20
+# tensors and a few dozen metadata keys (vocabularies are arrays inside one key). The reader
+# makes NumPy views per tensor info, key and string (~600 bytes per string once decoded), so
+# these bound what a hostile file can make it allocate, whatever its counts say.
+MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16
 MAX_DIMS = 4
+# Strings in all arrays of a file: Llama 3's 128k tokens + 280k merges, the most in a real
+# vocabulary, fit 2.5x over; the worst a file can cost is then ~0.6 GB.
+MAX_STRINGS = 1 << 20
+MAX_STRING_BYTES = 1 << 24  # one string (chat templates are a few KB)
+# Smallest encodings, to reject counts the file cannot hold before reading any of them:
+# a KV is a key length (8) + type (4) + a 1-byte value; a tensor info is a name length (8),
+# n_dims (4), one dimension (8), type (4) and offset (8).
+MIN_KV_BYTES = 13
+MIN_TENSOR_INFO_BYTES = 32
 
 
 class GGUFError(ValueError):
@@ -64,6 +77,13 @@ def _check_header(path: Path, size: int) -> None:
         raise GGUFError(path, f"implausible tensor count: expected at most {MAX_TENSORS}, found {n_tensors}")
     if n_kv > MAX_KV:
         raise GGUFError(path, f"implausible metadata count: expected at most {MAX_KV}, found {n_kv}")
+    need = n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES
+    if 24 + need > size:
+        raise GGUFError(
+            path,
+            f"{n_kv} metadata keys and {n_tensors} tensor infos need at least {24 + need} bytes, past the end "
+            f"of the file ({size} bytes); the file is truncated or the counts are corrupt",
+        )
 
 
 class _CheckedReader(GGUFReader):
@@ -94,7 +114,91 @@ class _CheckedReader(GGUFReader):
         order = self.byte_order if override_order is None else override_order
         return arr.view(arr.dtype.newbyteorder(order))
 
+    def _build_fields(self, offs: int, count: int) -> int:
+        # gguf-py's loop, with the key known while its value is read (errors name it) and the
+        # per-file string budget reset.
+        self._strings_left = MAX_STRINGS
+        for _ in range(count):
+            orig_offs = offs
+            kv_klen, kv_kdata = self._get_str(offs)
+            offs += int(kv_klen.nbytes + kv_kdata.nbytes)
+            try:
+                self._key = bytes(kv_kdata).decode("utf-8")
+            except UnicodeDecodeError:
+                raise GGUFError(self.path, f"metadata key at offset {orig_offs} is not UTF-8") from None
+            raw_kv_type = self._get(offs, np.uint32)
+            offs += int(raw_kv_type.nbytes)
+            parts: list[np.ndarray] = [kv_klen, kv_kdata, raw_kv_type]
+            idxs_offs = len(parts)
+            field_size, field_parts, field_idxs, field_types = self._get_field_parts(offs, int(raw_kv_type[0]))
+            parts += field_parts
+            if self._key in self.fields:
+                raise GGUFError(self.path, f"metadata key {self._key!r} appears twice")
+            self.fields[self._key] = ReaderField(
+                orig_offs, self._key, parts, [i + idxs_offs for i in field_idxs], field_types
+            )
+            offs += field_size
+        return offs
+
+    def _get_str(self, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        slen = self._get(offset, np.uint64)
+        data = self._get(offset + 8, np.uint8, int(slen[0]))  # a view: bounds-checked, nothing copied
+        if int(slen[0]) > MAX_STRING_BYTES:
+            raise GGUFError(
+                self.path,
+                f"string at offset {offset} is {int(slen[0])} bytes long; expected at most {MAX_STRING_BYTES}",
+            )
+        return slen, data
+
+    def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list[np.ndarray], list[int], list[Any]]:
+        """A metadata value's parts. Unlike gguf-py: an unknown type or a nested array is an
+        error naming the key; an array's length is checked against the bytes left and the
+        string budget before any element is read; a numeric array is one view (gguf-py makes
+        one per element: 100 MB of uint8 would cost ~10 GB of views)."""
+        key = getattr(self, "_key", "?")
+        try:
+            gtype = GGUFValueType(raw_type)
+        except ValueError:
+            raise GGUFError(self.path, f"metadata key {key!r}: unknown value type id {raw_type}") from None
+        if gtype != GGUFValueType.ARRAY:
+            return super()._get_field_parts(orig_offs, raw_type)
+        offs = orig_offs
+        raw_itype = self._get(offs, np.uint32)
+        alen = self._get(offs + 4, np.uint64)
+        offs += 12
+        n, itype = int(alen[0]), int(raw_itype[0])
+        try:
+            sub = GGUFValueType(itype)
+        except ValueError:
+            raise GGUFError(self.path, f"metadata key {key!r}: unknown array element type id {itype}") from None
+        if sub == GGUFValueType.ARRAY:
+            # llama.cpp refuses them too; following them would recurse once per nesting level.
+            raise GGUFError(self.path, f"metadata key {key!r}: nested arrays are not supported")
+        if sub == GGUFValueType.STRING:
+            if n * 8 > self.file_size - offs:
+                raise GGUFError(
+                    self.path,
+                    f"metadata key {key!r}: an array of {n} strings needs at least {n * 8} bytes, past the end "
+                    f"of the file ({self.file_size - offs} bytes left); the file is truncated or the length corrupt",
+                )
+            if n > self._strings_left:
+                raise GGUFError(
+                    self.path,
+                    f"metadata key {key!r}: array of {n} strings; expected at most {self._strings_left} "
+                    f"(at most {MAX_STRINGS} strings in all of a file's arrays)",
+                )
+            self._strings_left -= n
+            parts: list[np.ndarray] = [raw_itype, alen]
+            for _ in range(n):
+                slen, sdata = self._get_str(offs)
+                parts += [slen, sdata]
+                offs += 8 + int(slen[0])
+            return offs - orig_offs, parts, list(range(3, len(parts), 2)), [gtype, sub]
+        values = self._get(offs, self.gguf_scalar_to_np[sub], n)  # bounds-checked against the file
+        return offs + int(values.nbytes) - orig_offs, [raw_itype, alen, values], [2], [gtype, sub]
+
     def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+        spans: list[tuple[int, int, str]] = []
         for field in fields:
             _, name_data, n_dims, dims, raw_dtype, offset = field.parts
             name = bytes(name_data).decode("utf-8", errors="replace")
@@ -132,6 +236,12 @@ class _CheckedReader(GGUFReader):
                     f"tensor {name!r}: data [{start}, {start + n_bytes}) lies past the end of the file "
                     f"({self.file_size} bytes); the file is truncated or corrupt",
                 )
+            spans.append((start, start + n_bytes, name))
+        # Two tensors sharing bytes is a corrupt (or crafted) file, as llama.cpp's loader says too.
+        spans.sort()
+        for (a0, a1, a), (b0, b1, b) in pairwise(spans):
+            if b0 < a1:
+                raise GGUFError(self.path, f"tensor {b!r}: data [{b0}, {b1}) overlaps tensor {a!r} [{a0}, {a1})")
         super()._build_tensors(start_offs, fields)
 
 
@@ -146,8 +256,10 @@ def _field_value(field: Any) -> Any:
             return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
         if sub == GGUFValueType.ARRAY:
             raise ValueError("nested arrays are not supported")
-        # Numeric arrays (token types, per-layer counts) come back as one NumPy array.
-        return np.array([field.parts[i][0] for i in field.data])
+        # Numeric arrays (token types, per-layer counts) are one view (see _get_field_parts):
+        # copied out of the mapping, in native byte order.
+        values = field.parts[field.data[0]]
+        return np.array(values, dtype=values.dtype.newbyteorder("="))
     if types[0] == GGUFValueType.STRING:
         return bytes(field.parts[-1]).decode("utf-8", errors="replace")
     value = field.parts[-1][0]
@@ -176,7 +288,8 @@ class GGUFFile:
             GGUFReader.__init__(reader, self.path)
         except GGUFError:
             raise
-        except (ValueError, IndexError, KeyError, UnicodeDecodeError, OverflowError, struct.error) as exc:
+        except (ValueError, IndexError, KeyError, UnicodeDecodeError, OverflowError, struct.error,
+                ZeroDivisionError, RecursionError) as exc:
             raise GGUFError(self.path, f"malformed header or metadata: {exc}") from None
         self._reader = reader
         self.alignment = int(reader.alignment)

@@ -101,7 +101,10 @@ def _http_handler(request: Request, exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code >= 500:
         return _internal_handler(request, exc)
     code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "INVALID_REQUEST")
-    return _error_response(request, Rejected(exc.status_code, code, exc.detail))
+    response = _error_response(request, Rejected(exc.status_code, code, exc.detail))
+    # Keep the exception's own headers: a 405 must name the allowed methods (RFC 9110 `Allow`).
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _internal_handler(request: Request, exc: Exception) -> Response[ErrorBody]:
@@ -126,14 +129,30 @@ def msgspec_error(exc: msgspec.DecodeError) -> Rejected:
     return Rejected(400, "INVALID_REQUEST", text, m.group(1) if m else None)
 
 
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or a low one not preceded by a high
+# one; the leading lookbehind skips escaped backslashes (`\\ud800` is the text "\ud800").
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
 def strict_body(body_type: type[msgspec.Struct]) -> Callable[[Request], Any]:
     """Litestar converts bodies with strict=False ("5" -> 5, "true" -> True); the contract wants
     wrong types refused, so the raw body is decoded strictly first."""
 
     async def hook(request: Request) -> None:
+        body = await request.body()
         try:
-            msgspec.json.decode(await request.body(), type=body_type)
+            msgspec.json.decode(body, type=body_type)
         except msgspec.DecodeError as exc:
+            if m := _LONE_SURROGATE.search(body):
+                # msgspec words this as "truncated" or "malformed"; say what is actually wrong.
+                raise Rejected(
+                    400, "INVALID_REQUEST",
+                    f"invalid JSON body: lone UTF-16 surrogate escape {m.group(1).decode()} at byte {m.start(1)} "
+                    "(strings must be valid Unicode: a surrogate escape needs its pair)",
+                ) from None
             raise msgspec_error(exc) from None
         except UnicodeDecodeError as exc:
             raise Rejected(400, "INVALID_REQUEST", f"invalid JSON body: not UTF-8 ({exc.reason})") from None
@@ -320,7 +339,7 @@ def create_app(engine: Engine | None, config: ServiceConfig | None = None) -> Li
             await engine.shutdown()
 
     jobs = Router(path="/", route_handlers=[JobsController], guards=[bearer_guard(config.api_key)])
-    return Litestar(
+    app = Litestar(
         route_handlers=[jobs, StatusController],
         dependencies={
             "engine": Provide(lambda: engine, sync_to_thread=False),
@@ -349,4 +368,20 @@ def create_app(engine: Engine | None, config: ServiceConfig | None = None) -> Li
         logging_config=None,  # keep the process's JSON logging (worker.logs) as it is
         debug=False,
     )
+    _serve_exact_request_schemas(app)
+    return app
+
+
+def _serve_exact_request_schemas(app: Litestar) -> None:
+    """Litestar's schema of a msgspec Struct loses rules the strict decoder enforces (no
+    `additionalProperties: false`, no bounds on `seed: int | None`, no `minLength` on `stop`
+    items), so clients and fuzzers built from it send bodies the worker refuses. msgspec's own
+    JSON schema states exactly what the decoder accepts: it replaces Litestar's for the request
+    bodies in the (cached) document the app serves."""
+    _, components = msgspec.json.schema_components(
+        (ExecuteRequest, CancelRequest), ref_template="#/components/schemas/{name}"
+    )
+    schemas = app.openapi_schema.components.schemas
+    for name, body in components.items():
+        schemas[name] = body  # type: ignore[assignment]  (a plain dict is serialized as is)
 

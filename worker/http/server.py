@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -32,6 +34,8 @@ from worker.logs import log_event, setup_json_logging
 
 log = logging.getLogger("worker.server")
 
+# RFC 6750 bearer tokens are printable ASCII; the cap keeps the header well under h11's limit.
+_API_KEY_OK = re.compile(r"[\x21-\x7e]{1,4096}")
 DRAIN_GRACE_S = 2.0  # the running job may finish within this, then it is cancelled
 DRAIN_CANCEL_WAIT_S = 2.0  # a cancelled job lands at its next token boundary, well within this
 
@@ -110,7 +114,16 @@ def _start(args: argparse.Namespace, worker_id: str, api_key: str | None, test_f
         raise StartupError(f"--max-tokens-out must be at least 1, got {args.max_tokens_out}")
     if args.inference_timeout_sec <= 0:
         raise StartupError(f"--inference-timeout-sec must be positive, got {args.inference_timeout_sec}")
+    if api_key is not None and not _API_KEY_OK.fullmatch(api_key):
+        # Headers arrive as Latin-1 and the token is stripped: a non-ASCII key, or one with blanks
+        # at either end, never matches (every request 401). RFC 6750 tokens have no blanks at all.
+        raise StartupError("--api-key / WORKER_API_KEY must be printable ASCII without spaces (1-4096 characters)")
     sock = _reserve_port(args.host, args.port)
+    bound = sock.getsockname()[0]
+    if api_key is None and not ipaddress.ip_address(bound.split("%")[0]).is_loopback:
+        log_event(log, "startup", logging.WARNING, host=bound,
+                  message=f"listening on {bound} without --api-key: anyone who can reach this port can run "
+                          "and cancel jobs (set --api-key or WORKER_API_KEY)")
     try:
         path = resolve(args.model)
     except (ValueError, RuntimeError, OSError) as exc:
