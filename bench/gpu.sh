@@ -18,6 +18,8 @@
 #    sm_90 build, ~5 min on 16 cores), or taken prebuilt from .gpu-fixtures/llama-bench.xz
 #    (which a build leaves in OUTDIR as llama-bench.xz.N parts: cat them into that file to
 #    carry next time). LLAMA_BENCH_BUILD=0 skips the build when no prebuilt one is carried.
+# 7. with --full-arch: bench/gpu_full_arch.py: the full-shape phi3 and gpt-oss-20b files (built
+#    here) served by `worker serve --device cuda`: /health and one generation each.
 # --no-check skips step 4 (gpu_check.py). A short summary table (OOM series, architectures,
 # gates, speed) is printed last.
 # Env: WORKER_FIXTURES (fixture dir), GPU_CHECK_ARGS (extra gpu_check.py arguments).
@@ -34,17 +36,18 @@ for a in ("phi3", "gpt2", "gpt-oss"): print(build_fixture(a, ".gpu-fixtures", se
   python3 -m fixtures.vocab .gpu-fixtures/smollm2-vocab.json.gz || exit 1
   exec python3 bench/llama_src.py .gpu-fixtures/llama.cpp-src.tar.xz
 fi
-GATES=0 SPEED=0 CHECK=1
+GATES=0 SPEED=0 CHECK=1 FULLARCH=0
 while [ $# -gt 1 ]; do
   case "$1" in
     --gates) GATES=1 ;;
+    --full-arch) FULLARCH=1 ;;
     --speed) SPEED=1 ;;
     --no-check) CHECK=0 ;;
     *) break ;;
   esac
   shift
 done
-OUT=${1:?usage: bench/gpu.sh [--gates] [--speed] [--no-check] OUTDIR | bench/gpu.sh --prebuild-fixtures}
+OUT=${1:?usage: bench/gpu.sh [--gates] [--speed] [--full-arch] [--no-check] OUTDIR | bench/gpu.sh --prebuild-fixtures}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -126,6 +129,11 @@ if [ "$CHECK" -eq 1 ]; then
   python3 bench/gpu_check.py --fixtures "$WORKER_FIXTURES" --out "$OUT" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUT/gpu_check.log"
   rc_check=${PIPESTATUS[0]}
 fi
+rc_full=0
+if [ "$FULLARCH" -eq 1 ]; then
+  python3 bench/gpu_full_arch.py --dir "$WORKER_FIXTURES" --out "$OUT" 2>&1 | tee "$OUT/gpu_full_arch.log"
+  rc_full=${PIPESTATUS[0]}
+fi
 rc_speed=0
 if [ "$SPEED" -eq 1 ]; then
   wait "$sf_pid"; cat "$OUT/speed_fixtures.log"
@@ -184,8 +192,11 @@ if rep:
     except Exception as exc:
         print("gates: no junit report", exc)
 PY
+if [ "$FULLARCH" -eq 1 ]; then
+  sed -n '/=== full-shape/,$p' "$OUT/gpu_full_arch.log"
+fi
 if [ "$SPEED" -eq 1 ]; then
   sed -n '/=== speed/,$p' "$OUT/gpu_speed.log"
 fi
-echo "pytest rc=$rc_pytest gpu_check rc=$rc_check gates rc=$rc_gates speed rc=$rc_speed"
-[ "$rc_pytest" -eq 0 ] && [ "$rc_check" -eq 0 ] && [ "$rc_gates" -eq 0 ] && [ "$rc_speed" -eq 0 ]
+echo "pytest rc=$rc_pytest gpu_check rc=$rc_check gates rc=$rc_gates full-arch rc=$rc_full speed rc=$rc_speed"
+[ "$rc_pytest" -eq 0 ] && [ "$rc_check" -eq 0 ] && [ "$rc_gates" -eq 0 ] && [ "$rc_full" -eq 0 ] && [ "$rc_speed" -eq 0 ]

@@ -143,11 +143,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from worker.http.server import serve
 
-    if args.tokenizer is not None:
-        # The server's load_model call does not pass it on yet; refusing beats ignoring it.
-        print("error: --tokenizer is not supported by `worker serve` yet; put the tokenizer.json beside the "
-              "model file, where it is used automatically", file=sys.stderr)
-        return 1
     return serve(args)
 
 

@@ -128,6 +128,13 @@ def test_tokenizer_json_beside_the_model_is_used(made_model: tuple[Path, Path], 
     assert r.returncode == 1 and f"{tmp_path / 'tokenizer.json'}: malformed tokenizer.json" in r.stderr
 
 
-def test_serve_refuses_tokenizer_until_the_server_passes_it_on(tmp_path: Path) -> None:
-    r = run("serve", "--model", str(tmp_path / "m.gguf"), "--tokenizer", str(tmp_path / "tokenizer.json"))
-    assert r.returncode == 1 and "--tokenizer is not supported by `worker serve` yet" in r.stderr
+def test_serve_uses_the_given_tokenizer(made_model: tuple[Path, Path]) -> None:
+    from tests.service.conftest import start_worker
+
+    model, tok = made_model
+    w = start_worker("--tokenizer", str(tok), model=str(model))
+    try:
+        with w.client() as c:
+            assert c.get("/health").json()["tokenizer_kind"] == "hf-json"
+    finally:
+        assert w.stop() == 0

@@ -138,7 +138,7 @@ def _start(args: argparse.Namespace, worker_id: str, api_key: str | None, test_f
     t0 = time.monotonic()
     try:
         model = load_model(path, backend, ctx_size=args.ctx_size, eos_token_id=args.eos_token_id,
-                           progress=_load_progress())
+                           progress=_load_progress(), tokenizer=getattr(args, "tokenizer", None))
     except OutOfDeviceMemory as exc:
         raise StartupError(
             f"{path}: not enough device memory for the weights on device {backend.name}: required at least "
