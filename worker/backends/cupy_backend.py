@@ -815,7 +815,7 @@ class CupyBackend(Backend):
         ranges = self._pending_prefetch[:PREFETCH_RANGES]
         self._pending_prefetch = []
         ranges += [(0, 0)] * (PREFETCH_RANGES - len(ranges))
-        pf = [v for ptr, n in ranges for v in (np.uint64(ptr), np.int64(n))]
+        pf = [a for ptr, nbytes in ranges for a in (np.uint64(ptr), np.int64(nbytes))]
         theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
         self._fn("attn_decode")(
             (n_head,),
