@@ -179,30 +179,7 @@ class NumpyBackend(Backend):
     def attention(
         self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int, start: int
     ) -> np.ndarray:
-        n, n_head, d = q.shape
-        n_kv = k.shape[1]
-        end = start + n
-        if end > cache.capacity:
-            raise ValueError(f"KV cache overflow: position {end} > capacity {cache.capacity}")
-        cache.k[layer, start:end] = k
-        cache.v[layer, start:end] = v
-        keys = cache.k[layer, :end].astype(np.float32)  # [T, kv, d]
-        vals = cache.v[layer, :end].astype(np.float32)
-        group = n_head // n_kv
-        # [kv, group*n, d] so each KV head serves its group of query heads (GQA).
-        qh = q.astype(np.float16).astype(np.float32).reshape(n, n_kv, group, d).transpose(1, 2, 0, 3)
-        qh = qh.reshape(n_kv, group * n, d)
-        scores = qh @ keys.transpose(1, 2, 0)  # [kv, group*n, T]
-        scores *= np.float32(1.0 / np.sqrt(d))
-        qpos = np.tile(np.arange(start, end), group)
-        scores[:, np.arange(end)[None, :] > qpos[:, None]] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)
-        p = np.exp(scores)
-        p *= (1.0 / p.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
-        p = p.astype(np.float16).astype(np.float32)
-        out = p @ vals.transpose(1, 0, 2)  # [kv, group*n, d]
-        out = out.reshape(n_kv, group, n, d).transpose(2, 0, 1, 3)
-        return np.ascontiguousarray(out.reshape(n, n_head * d))
+        return self.attention_ext(q, k, v, cache, layer, start)
 
     # -- operations of gpt2 / phi3 / gpt-oss -------------------------------------------------
     def experts(self, f: GGUFFile, name: str) -> list[Matrix]:
