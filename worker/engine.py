@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.adapters.base import Decoder
 from worker.backends.base import Backend, KVCache, OutOfDeviceMemory
 from worker.generation import Cancelled, FinishEvent, TokenEvent, generate
 from worker.logs import log_event, text_digest
@@ -581,6 +582,10 @@ class _FaultyAdapter:
 
     def new_cache(self, capacity: int) -> KVCache:
         return self.inner.new_cache(capacity)
+
+    def decoder(self, cache: KVCache) -> Decoder:
+        # the plain decoder: every step goes through forward() below, where the fault is
+        return Decoder(self, cache)
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
         self.calls += 1

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.adapters.base import Decoder
 from worker.model import LoadedModel
 from worker.sampler import Sampler, SamplingParams
 from worker.tokenizer.stream import StreamingDetokenizer
@@ -119,8 +118,7 @@ def generate(
             raise Cancelled
         logits = model.adapter.forward(np.asarray(prompt_ids, dtype=np.int64), 0, cache)
         t_prefill = time.perf_counter()
-        make_decoder = getattr(model.adapter, "decoder", None)
-        decoder = make_decoder(cache) if make_decoder is not None else Decoder(model.adapter, cache)
+        decoder = model.adapter.decoder(cache)
         ttft = None
         reason = "max_tokens"
         produced = 0
