@@ -399,3 +399,33 @@ def test_arch_fixture_residency_and_memory(gpu, arch_models, arch):
     assert r["resident"] is True and not r["failures"], r
     gpu.free_kv_cache(cache)
     assert gpu.memory_in_use() == base
+
+
+@pytest.mark.parametrize(
+    ("d", "heads", "opts"),
+    [(64, (14, 2), {}), (64, (8, 8), {"window": 40, "sinks": True}), (96, (4, 4), {}), (128, (8, 2), {"window": 70})],
+)
+def test_attention_prefill_tiles_match_reference(gpu, tiny_models, d, heads, opts):
+    """attn_prefill_<d> (query and key tiles, prefill.cu) against the NumPy reference, over
+    prompts that span several tiles, a later chunk after a cached prefix, windows and sinks."""
+    cfg = ModelConfig.from_gguf(GGUFFile(tiny_models["qwen25-shape"]))
+    cfg = dataclasses.replace(cfg, n_head=heads[0], n_kv_heads=heads[1], head_dim=d)
+    ref = NumpyBackend()
+    rng = np.random.default_rng(d + heads[0])
+    if opts.get("sinks"):
+        opts = {**opts, "sinks": rng.standard_normal(cfg.n_head, dtype=np.float32) * 2}
+    cn, cc = ref.new_kv_cache(cfg, 400), gpu.new_kv_cache(cfg, 400)
+    start = 0
+    for n in (150, 97, 2):
+        q = rng.standard_normal((n, cfg.n_head, d), dtype=np.float32) * 2
+        k = rng.standard_normal((n, cfg.n_kv_heads, d), dtype=np.float32) * 2
+        v = rng.standard_normal((n, cfg.n_kv_heads, d), dtype=np.float32)
+        o_ref = ref.attention_ext(q, k, v, cn, 1, start, **opts)
+        gopts = {**opts, "sinks": cp.asarray(opts["sinks"])} if "sinks" in opts else opts
+        o = gpu.attention_ext(cp.asarray(q), cp.asarray(k), cp.asarray(v), cc, 1, start, **gopts)
+        # the same inputs (f16 Q, K, V and probabilities) and softmax; Q.K and P.V sum in the
+        # tensor cores' order, so a probability near a float16 rounding edge may round the other
+        # way: the bound of the other attention tests
+        assert rel(o, o_ref) < 1e-4, (n, start)
+        start += n
+    gpu.free_kv_cache(cc)

@@ -78,13 +78,19 @@ def _weights(qtype, shapes, seed):
     return src
 
 
+@pytest.mark.parametrize("n", [1, 37], ids=["decode", "prefill"])
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
-def test_fused_products_match_composed(gpu, qtype):
+def test_fused_products_match_composed(gpu, qtype, n):
+    """n = 1: the one-row kernels (decode.cu); n = 37: act_split, the split float16 GEMMs and
+    their epilogues (prefill.cu), one row large enough to need act_split's row scale."""
     n_in = 512 if qtype in K_TYPES else 384
     src = _weights(qtype, [(96, n_in), (32, n_in), (32, n_in)], int(qtype))
     ref = NumpyBackend()
     rng = np.random.default_rng(100 + int(qtype))
-    x = rng.standard_normal((1, n_in), dtype=np.float32) * 3
+    x = rng.standard_normal((n, n_in), dtype=np.float32) * 3
+    # (F16/BF16 activations are rounded to 16 bits; q8_1 keeps its block sums in float16)
+    if n > 1 and qtype not in (T.F16, T.BF16, T.Q4_1, T.Q5_1):
+        x[5] *= 3e4  # |x| beyond float16's 65504: act_split scales the row
     norm = rng.standard_normal(n_in, dtype=np.float32)
     ws = [gpu.matrix(src, f"w{i}") for i in range(3)]
     bs = [gpu.vector(src, f"b{i}") for i in range(3)]
@@ -99,7 +105,7 @@ def test_fused_products_match_composed(gpu, qtype):
         assert rel(f, c) < 1e-5 and rel(f, e) < 1e-5
     assert all(bits_equal(a, b) for a, b in zip(fused, gpu.norm_linears(xd, nd, 1e-6, ws, bs), strict=True))
     # product + residual (O, down)
-    resid = cp.asarray(rng.standard_normal((1, 96), dtype=np.float32))
+    resid = cp.asarray(rng.standard_normal((n, 96), dtype=np.float32))
     y = gpu.linear_add(xd, ws[0], resid)
     assert rel(y, Backend.linear_add(gpu, xd, ws[0], resid)) < 1e-5
     assert rel(y, ref.linear_add(x, wn[0], cp.asnumpy(resid))) < 1e-5
@@ -108,7 +114,7 @@ def test_fused_products_match_composed(gpu, qtype):
     assert rel(g, Backend.norm_swiglu(gpu, xd, nd, 1e-6, ws[1], ws[2])) < 1e-5
     assert rel(g, ref.norm_swiglu(x, norm, 1e-6, wn[1], wn[2])) < 1e-5
     h = gpu.norm_swiglu(xd, nd, 1e-6, None, ws[0])
-    assert h.shape == (1, 48)
+    assert h.shape == (n, 48)
     assert rel(h, Backend.norm_swiglu(gpu, xd, nd, 1e-6, None, ws[0])) < 1e-5
 
 

@@ -53,11 +53,20 @@ from worker.quants import UnsupportedQuantType, dequantize, get_format
 
 try:  # CuPy is optional: the module imports without it, and cuda_available() says False.
     import cupy as cp
+    from cupy.cuda import cublas
 except Exception:  # pragma: no cover - depends on the machine
     cp = None  # type: ignore[assignment]
 
 KERNELS_PATH = Path(__file__).parent / "cuda" / "kernels.cu"
 DECODE_KERNELS_PATH = Path(__file__).parent / "cuda" / "decode.cu"
+PREFILL_KERNELS_PATH = Path(__file__).parent / "cuda" / "prefill.cu"
+# attn_prefill_<d> (prefill.cu): the head sizes it is built for; 64 queries per block of 128
+ATTN_PREFILL_D = (64, 96, 128)
+# cuBLAS / CUDA enum values for cublasGemmEx (cublas_api.h, library_types.h)
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+CUDA_R_32F, CUDA_R_16F = 0, 2
+CUBLAS_COMPUTE_32F = 68
+CUBLAS_GEMM_DEFAULT = -1
 
 # GGML type id -> kernel name suffix in kernels.cu (matvec_*, dequant_*, embed_*).
 KERNEL_SUFFIX = {
@@ -97,6 +106,22 @@ CUDA_MEMORY_TYPE_DEVICE = 2  # cudaMemoryTypeDevice
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("worker.cuda")
+
+
+def _gemm_f16(c: Any, a: Any, b: Any, k: int, alpha: float, beta: float) -> None:
+    """c [n, m] float32 = alpha * a[:, :k] @ b[:, :k].T + beta * c, for float16 a [n, *] and
+    b [m, *] with unit column stride (row strides may exceed k): cublasGemmEx, float32
+    accumulation (CUBLAS_COMPUTE_32F), on the current stream."""
+    n, m = c.shape
+    handle = cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+    al, be = np.array(alpha, dtype=np.float32), np.array(beta, dtype=np.float32)
+    # column-major view: C^T [m, n] = B [m, k] . A^T [k, n]
+    cublas.gemmEx(
+        handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, al.ctypes.data,
+        b.data.ptr, CUDA_R_16F, b.strides[0] // 2, a.data.ptr, CUDA_R_16F, a.strides[0] // 2,
+        be.ctypes.data, c.data.ptr, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT,
+    )  # fmt: skip
 
 
 def cuda_available() -> bool:
@@ -204,7 +229,9 @@ class CupyBackend(Backend):
             self._pool = cp.get_default_memory_pool()
             if self.memory_limit is not None:
                 self._pool.set_limit(size=self.memory_limit)
-            self._module = cp.RawModule(code=KERNELS_PATH.read_text() + DECODE_KERNELS_PATH.read_text())
+            self._module = cp.RawModule(
+                code=KERNELS_PATH.read_text() + DECODE_KERNELS_PATH.read_text() + PREFILL_KERNELS_PATH.read_text()
+            )
             props = cp.cuda.runtime.getDeviceProperties(self.device_id)
             self._sm_count = int(props.get("multiProcessorCount", 132))
             self._dummy = cp.zeros(1, dtype=cp.float32)
@@ -485,25 +512,41 @@ class CupyBackend(Backend):
         return y
 
     def _gemm(self, xq: Any, s: Any, w: DeviceMatrix) -> Any:
-        """xq [n, k] @ W.T by row chunks: dequantize a chunk to float32, then SGEMM.
-        Q4_1/Q5_1: W without its block minimums, plus s @ M.T (ggml's q8_1 form)."""
-        n = xq.shape[0]
+        """xq [n, k] @ W.T by row chunks: dequantize a chunk, then a GEMM. Block formats and F16:
+        split float16 GEMMs on tensor cores (prefill.cu); F32 / BF16 weights (whose values may
+        lie beyond float16's range): float32 SGEMM. Q4_1/Q5_1: W without its block minimums,
+        plus s @ M.T (ggml's q8_1 form)."""
+        n, k = xq.shape
         q81 = w.type_id in Q8_1_TYPES
         fmt = get_format(w.type_id)
+        split = w.suffix not in ("f32", "bf16")
         chunk = max(1, min(w.n_out, SCRATCH_ELEMS // max(1, w.n_in)))
         y = None if chunk >= w.n_out else cp.empty((n, w.n_out), dtype=cp.float32)
-        dequant = self._fn("dequant_" + w.suffix)
+        dequant = self._fn(("dequant_split_" if split else "dequant_") + w.suffix)
+        if split:
+            xs = cp.empty((n, 2 * k), dtype=cp.float16)
+            rs = cp.empty(n, dtype=cp.float32)
+            self._fn("split_rows_f16")((n,), (256,), (xq, xs, rs, np.int32(k)))
         for r0 in range(0, w.n_out, chunk):
             rows = min(chunk, w.n_out - r0)
             src = w.raw[r0 * w.row_bytes :]
-            wd = cp.empty((rows, w.n_in), dtype=cp.float32)
+            wd = cp.empty((rows, 2 * w.n_in if split else w.n_in), dtype=cp.float16 if split else cp.float32)
             total = rows * w.n_in
             dequant(
                 ((total + 255) // 256,),
                 (256,),
                 (src, np.int64(w.row_bytes), wd, np.int32(rows), np.int32(w.n_in), np.int32(not q81)),
             )
-            part = cp.matmul(xq, wd.T)
+            if split:
+                part = cp.empty((n, rows), dtype=cp.float32)
+                # [Xhi] [Whi]^T, then += ([Xhi | Xlo] [Wlo | Whi]^T) / 2048
+                _gemm_f16(part, xs, wd[:, k:], k, 1.0, 0.0)
+                _gemm_f16(part, xs, wd, 2 * k, 1.0 / 2048, 1.0)
+                self._fn("scale_rows")(
+                    ((n * rows + 255) // 256,), (256,), (part, rs, np.int64(rows), np.int64(n * rows))
+                )
+            else:
+                part = cp.matmul(xq, wd.T)
             del wd
             if q81:
                 nb = w.n_in // 32
@@ -608,13 +651,22 @@ class CupyBackend(Backend):
         cache.k[layer, start:end] = k.astype(cp.float16)
         cache.v[layer, start:end] = v.astype(cp.float16)
         out = cp.empty((n, n_head * d), dtype=cp.float32)
-        chunk = max(1, min(n, SCRATCH_ELEMS // (n_head * end)))
-        scores = cp.empty(chunk * n_head * end, dtype=cp.float32)
         kl, vl = cache.k[layer], cache.v[layer]
         scale = np.float32(1.0 / np.sqrt(d) if kq_scale is None else kq_scale)
         sinks_d = self._dummy if sinks is None else self._f32(cp.asarray(sinks).reshape(-1))
         if sinks is not None and sinks_d.size != n_head:
             raise ValueError(f"attention: {sinks_d.size} sinks for {n_head} heads")
+        if n > 1 and d in ATTN_PREFILL_D:
+            # many queries: key/value tiles shared by a block of queries (prefill.cu)
+            self._fn(f"attn_prefill_{d}")(
+                (n_head, (n + 63) // 64),
+                (128,),
+                (q, kl, vl, out, np.int32(n), np.int32(n_head), np.int32(n_kv), np.int32(start), scale,
+                 np.int32(window), sinks_d, np.int32(sinks is not None)),
+            )  # fmt: skip
+            return out
+        chunk = max(1, min(n, SCRATCH_ELEMS // (n_head * end)))
+        scores = cp.empty(chunk * n_head * end, dtype=cp.float32)
         fn = self._fn("attention")
         for q0 in range(0, n, chunk):
             nq = min(chunk, n - q0)
@@ -712,9 +764,72 @@ class CupyBackend(Backend):
             return False
         return fmv_smem(k) <= FMV_SMEM_BYTES
 
+    # -- fused many-row steps (prefill.cu) -----------------------------------------------------
+    def _prefill_ok(self, x: Any, ws: list[Any]) -> bool:
+        """Several rows, weights of one activation kind that the split float16 GEMMs take, an
+        input row that fits act_split's shared memory, a scratch of bounded size."""
+        if x.ndim != 2 or x.shape[0] < 2 or not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
+            return False
+        k, act = ws[0].n_in, ws[0].act_type
+        if act not in ("q8_0", "q8_k", "f16") or x.shape[1] != k:
+            return False
+        if any(w.n_in != k or w.act_type != act or w.suffix in ("f32", "bf16") for w in ws):
+            return False
+        if (act == "q8_0" and k % 32) or (act == "q8_k" and k % 256):
+            return False
+        return fmv_smem(k) <= FMV_SMEM_BYTES and sum(w.n_out for w in ws) * k <= 2 * SCRATCH_ELEMS
+
+    def _prefill_products(self, x: Any, norm: Any | None, eps: float, ws: list[DeviceMatrix]) -> tuple[Any, Any]:
+        """(y, rs): y [n, sum of n_out] = act(rms_norm(x)) @ [W0; W1; ..].T before the row scale
+        rs [n] is applied (prefill_epilogue / prefill_swiglu do that). Four launches plus one
+        dequantization per weight: act_split, dequant_split_* into one scratch, two GEMMs."""
+        n, k = x.shape
+        xs = cp.empty((n, 2 * k), dtype=cp.float16)
+        rs = cp.empty(n, dtype=cp.float32)
+        self._fn("act_split_" + ws[0].act_type)(
+            (n,), (FMV_THREADS,), (x, NULL if norm is None else norm, np.float32(eps), np.int32(k), xs, rs),
+            shared_mem=fmv_smem(k),
+        )  # fmt: skip
+        m = sum(w.n_out for w in ws)
+        wd = cp.empty((m, 2 * k), dtype=cp.float16)
+        r0 = 0
+        for w in ws:
+            total = w.n_out * k
+            self._fn("dequant_split_" + w.suffix)(
+                ((total + 255) // 256,), (256,),
+                (w.raw, np.int64(w.row_bytes), wd[r0:], np.int32(w.n_out), np.int32(k), np.int32(1)),
+            )  # fmt: skip
+            r0 += w.n_out
+        y = cp.empty((n, m), dtype=cp.float32)
+        # Xhi Whi^T, then += ([Xhi | Xlo] [Wlo | Whi]^T) / 2048
+        _gemm_f16(y, xs, wd[:, k:], k, 1.0, 0.0)
+        _gemm_f16(y, xs, wd, 2 * k, 1.0 / 2048, 1.0)
+        return y, rs
+
+    def _prefill_epilogue(
+        self, y: Any, rs: Any, biases: list[Any | None], splits: list[int], resid: Any = None
+    ) -> None:
+        b = [self._bias(x) for x in biases] + [None] * (3 - len(biases))
+        ns = splits + [0] * (2 - len(splits))
+        total = int(y.size)
+        self._fn("prefill_epilogue")(
+            ((total + 255) // 256,), (256,),
+            (y, np.int64(y.shape[1]), np.int64(total), rs, b[0] if b[0] is not None else NULL, np.int32(ns[0]),
+             b[1] if b[1] is not None else NULL, np.int32(ns[1]), b[2] if b[2] is not None else NULL,
+             NULL if resid is None else resid),
+        )  # fmt: skip
+
     @_device_op
     def norm_linears(self, x: Any, norm: Any, eps: float, ws: list[Any], biases: list[Any | None]) -> list[Any]:
         x = self._f32(x)
+        if len(ws) <= 3 and self._prefill_ok(x, ws):
+            y, rs = self._prefill_products(x, norm, eps, ws)
+            self._prefill_epilogue(y, rs, biases, [w.n_out for w in ws[:2]])
+            outs, c = [], 0
+            for w in ws:
+                outs.append(y[:, c : c + w.n_out])
+                c += w.n_out
+            return outs
         if not self._fusable(x, ws) or len(ws) > 3:
             return super().norm_linears(x, norm, eps, ws, biases)
         outs = [cp.empty((1, w.n_out), dtype=cp.float32) for w in ws]
@@ -726,6 +841,10 @@ class CupyBackend(Backend):
     def linear_add(self, x: Any, w: Any, residual: Any) -> Any:
         x = self._f32(x)
         residual = self._f32(residual)
+        if self._prefill_ok(x, [w]) and residual.shape == (x.shape[0], w.n_out):
+            y, rs = self._prefill_products(x, None, 0.0, [w])
+            self._prefill_epilogue(y, rs, [], [], cp.ascontiguousarray(residual))
+            return y
         if not self._fusable(x, [w]) or residual.shape != (1, w.n_out):
             return super().linear_add(x, w, residual)
         y = cp.empty((1, w.n_out), dtype=cp.float32)
@@ -736,6 +855,13 @@ class CupyBackend(Backend):
     def norm_swiglu(self, x: Any, norm: Any, eps: float, w_gate: Any | None, w_up: Any) -> Any:
         x = self._f32(x)
         ws = [w_up] if w_gate is None else [w_gate, w_up]
+        if self._prefill_ok(x, ws) and (w_up.n_out % 2 == 0 if w_gate is None else w_gate.n_out == w_up.n_out):
+            gu, rs = self._prefill_products(x, norm, eps, ws)
+            ff = gu.shape[1] // 2
+            out = cp.empty((x.shape[0], ff), dtype=cp.float32)
+            total = int(out.size)
+            self._fn("prefill_swiglu")(((total + 255) // 256,), (256,), (gu, rs, out, np.int32(ff), np.int64(total)))
+            return out
         if not self._fusable(x, ws) or (w_gate is None and w_up.n_out % 2):
             return super().norm_swiglu(x, norm, eps, w_gate, w_up)
         if w_gate is None:  # phi3: gate rows then up rows of one matrix
