@@ -111,6 +111,7 @@ def main() -> int:
     ap.add_argument("--prefill", type=int, action="append")
     ap.add_argument("--decode", type=int, default=32, help="graph replays profiled")
     ap.add_argument("--out")
+    ap.add_argument("--cprofile", action="store_true", help="also: the host's time by Python function")
     args = ap.parse_args()
     be = CupyBackend(0)
     model = load_model(Path(args.model), be)
@@ -132,6 +133,14 @@ def main() -> int:
         t0 = time.perf_counter()
         run()
         plain = (time.perf_counter() - t0) * 1e3
+        if args.cprofile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.runcall(run)
+            print(f"--- prefill {n}: host functions by own time (cProfile)")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(14)
         show(f"prefill {n}: per backend method (sync after each), plain run {plain:.1f} ms", m)
         show(f"prefill {n}: per kernel (device time)", k)
         res[f"prefill{n}"] = {"plain_ms": plain, "methods": m, "kernels": k}

@@ -530,7 +530,7 @@ class CupyBackend(Backend):
         for r0 in range(0, w.n_out, chunk):
             rows = min(chunk, w.n_out - r0)
             src = w.raw[r0 * w.row_bytes :]
-            wd = cp.empty((rows, 2 * w.n_in if split else w.n_in), dtype=cp.float16 if split else cp.float32)
+            wd = cp.empty((rows, 3 * w.n_in if split else w.n_in), dtype=cp.float16 if split else cp.float32)
             total = rows * w.n_in
             dequant(
                 ((total + 255) // 256,),
@@ -539,9 +539,9 @@ class CupyBackend(Backend):
             )
             if split:
                 part = cp.empty((n, rows), dtype=cp.float32)
-                # [Xhi] [Whi]^T, then += ([Xhi | Xlo] [Wlo | Whi]^T) / 2048
-                _gemm_f16(part, xs, wd[:, k:], k, 1.0, 0.0)
-                _gemm_f16(part, xs, wd, 2 * k, 1.0 / 2048, 1.0)
+                # wd = [Whi | Wlo | Whi]: Xhi Whi^T, then += ([Xhi | Xlo] [Wlo | Whi]^T) / 2048
+                _gemm_f16(part, xs, wd, k, 1.0, 0.0)
+                _gemm_f16(part, xs, wd[:, k:], 2 * k, 1.0 / 2048, 1.0)
                 self._fn("scale_rows")(
                     ((n * rows + 255) // 256,), (256,), (part, rs, np.int64(rows), np.int64(n * rows))
                 )
@@ -771,39 +771,54 @@ class CupyBackend(Backend):
         if x.ndim != 2 or x.shape[0] < 2 or not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
             return False
         k, act = ws[0].n_in, ws[0].act_type
-        if act not in ("q8_0", "q8_k", "f16") or x.shape[1] != k:
+        if act not in ("q8_0", "q8_1", "q8_k", "f16") or x.shape[1] != k:
             return False
         if any(w.n_in != k or w.act_type != act or w.suffix in ("f32", "bf16") for w in ws):
             return False
-        if (act == "q8_0" and k % 32) or (act == "q8_k" and k % 256):
+        if (act in ("q8_0", "q8_1") and k % 32) or (act == "q8_k" and k % 256):
             return False
-        return fmv_smem(k) <= FMV_SMEM_BYTES and sum(w.n_out for w in ws) * k <= 2 * SCRATCH_ELEMS
+        # the float16 scratch: 3 halves per weight, at most 1.5 x the float32 path's chunk
+        return fmv_smem(k) <= FMV_SMEM_BYTES and sum(w.n_out for w in ws) * k <= SCRATCH_ELEMS
 
     def _prefill_products(self, x: Any, norm: Any | None, eps: float, ws: list[DeviceMatrix]) -> tuple[Any, Any]:
-        """(y, rs): y [n, sum of n_out] = act(rms_norm(x)) @ [W0; W1; ..].T before the row scale
-        rs [n] is applied (prefill_epilogue / prefill_swiglu do that). Four launches plus one
-        dequantization per weight: act_split, dequant_split_* into one scratch, two GEMMs."""
+        """(y, rs): y [n, sum of n_out] = act(rms_norm(x)) @ [W0; W1; ..].T / rs, the row scale
+        rs [n] still to apply (prefill_epilogue / prefill_swiglu do). act_split, one
+        dequant_split per weight into one scratch, and one GEMM ([2048 hi | hi | lo] against
+        [Whi | Wlo | Whi], prefill.cu); Q4_1 / Q5_1 add their block minimums' term
+        (s / rs) @ M.T, float16 values both, in a second GEMM into the same result."""
         n, k = x.shape
-        xs = cp.empty((n, 2 * k), dtype=cp.float16)
+        act = ws[0].act_type
+        q81 = act == "q8_1"
+        nb = k // 32
+        xs = cp.empty((n, 3 * k), dtype=cp.float16)
         rs = cp.empty(n, dtype=cp.float32)
-        self._fn("act_split_" + ws[0].act_type)(
-            (n,), (FMV_THREADS,), (x, NULL if norm is None else norm, np.float32(eps), np.int32(k), xs, rs),
+        sums = cp.empty((n, nb), dtype=cp.float16) if q81 else None
+        self._fn("act_split_" + act)(
+            (n,), (FMV_THREADS,),
+            (x, NULL if norm is None else norm, np.float32(eps), np.int32(k), xs, rs, NULL if sums is None else sums),
             shared_mem=fmv_smem(k),
         )  # fmt: skip
         m = sum(w.n_out for w in ws)
-        wd = cp.empty((m, 2 * k), dtype=cp.float16)
+        wd = cp.empty((m, 3 * k), dtype=cp.float16)
+        mins = cp.empty((m, nb), dtype=cp.float16) if q81 else None
         r0 = 0
         for w in ws:
             total = w.n_out * k
             self._fn("dequant_split_" + w.suffix)(
                 ((total + 255) // 256,), (256,),
-                (w.raw, np.int64(w.row_bytes), wd[r0:], np.int32(w.n_out), np.int32(k), np.int32(1)),
+                (w.raw, np.int64(w.row_bytes), wd[r0:], np.int32(w.n_out), np.int32(k), np.int32(not q81)),
             )  # fmt: skip
+            if q81:
+                self._fn("block_mins_h")(
+                    ((w.n_out * nb + 255) // 256,), (256,),
+                    (w.raw, np.int64(w.row_bytes), np.int32(get_format(w.type_id).type_size), mins[r0:],
+                     np.int32(w.n_out), np.int32(nb)),
+                )  # fmt: skip
             r0 += w.n_out
         y = cp.empty((n, m), dtype=cp.float32)
-        # Xhi Whi^T, then += ([Xhi | Xlo] [Wlo | Whi]^T) / 2048
-        _gemm_f16(y, xs, wd[:, k:], k, 1.0, 0.0)
-        _gemm_f16(y, xs, wd, 2 * k, 1.0 / 2048, 1.0)
+        _gemm_f16(y, xs, wd, 3 * k, 1.0 / 2048, 0.0)
+        if q81:
+            _gemm_f16(y, sums, mins, nb, 1.0, 1.0)
         return y, rs
 
     def _prefill_epilogue(
@@ -860,7 +875,10 @@ class CupyBackend(Backend):
             ff = gu.shape[1] // 2
             out = cp.empty((x.shape[0], ff), dtype=cp.float32)
             total = int(out.size)
-            self._fn("prefill_swiglu")(((total + 255) // 256,), (256,), (gu, rs, out, np.int32(ff), np.int64(total)))
+            self._fn("prefill_swiglu")(
+                ((total + 255) // 256,), (256,),
+                (gu, rs, out, np.int32(ff), np.int64(total)),
+            )  # fmt: skip
             return out
         if not self._fusable(x, ws) or (w_gate is None and w_up.n_out % 2):
             return super().norm_swiglu(x, norm, eps, w_gate, w_up)

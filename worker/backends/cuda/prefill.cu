@@ -194,7 +194,8 @@ ATTN_PREFILL(128)
 // GEMMs with float32 accumulation in cuBLAS; the Xlo Wlo^T term left out is 2^-22 of a product.
 
 // x [n, k] -> xs [n, 2k] = [hi | lo] of x / r, r a power of two per row (1 unless the row's
-// largest |x| reaches 2^15: hi must stay finite) -> rs[row]; one block of 256 per row.
+// largest |x| reaches 2^15: hi must stay finite) -> rs[row]; one block of 256 per row. With
+// dequant_split's [Whi | Wlo | Whi]: Xhi Whi^T, then += ([Xhi | Xlo] [Wlo | Whi]^T) / 2048.
 extern "C" __global__ void __launch_bounds__(256) split_rows_f16(const float* __restrict__ x, u16* __restrict__ xs,
                                                                  float* __restrict__ rs, int k) {
     __shared__ float red[8];
@@ -226,8 +227,8 @@ extern "C" __global__ void scale_rows(float* __restrict__ y, const float* __rest
     }
 }
 
-// Weights [rows, n_in] -> [rows, 2 n_in] = [lo | hi] (lo first: the second GEMM pairs
-// [Xhi | Xlo] with [Wlo | Whi]; the first takes Whi alone at column n_in).
+// Weights [rows, n_in] -> [rows, 3 n_in] = [hi | lo | hi] (act_split's layout; the generic
+// path's two GEMMs take [hi] and [lo | hi] of it).
 template <int T, bool MIN>
 DEV void dequant_split_impl(const u8* __restrict__ W, i64 row_bytes, u16* __restrict__ out, int rows, int n_in) {
     const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -235,9 +236,19 @@ DEV void dequant_split_impl(const u8* __restrict__ W, i64 row_bytes, u16* __rest
     const int r = (int)(i / n_in), c = (int)(i % n_in);
     const float w = dq<T, MIN>(W + (i64)r * row_bytes, c);
     const u16 h = f2h(w);
-    u16* o = out + (i64)r * 2 * n_in;
-    o[n_in + c] = h;
-    o[c] = f2h(__fmul_rn(__fsub_rn(w, h2f(h)), 2048.f));
+    u16* o = out + (i64)r * 3 * n_in;
+    o[c] = h;
+    o[n_in + c] = f2h(__fmul_rn(__fsub_rn(w, h2f(h)), 2048.f));
+    o[2 * n_in + c] = h;
+}
+
+// Q4_1/Q5_1 block minimums as float16 (they are float16 in the block) [rows, n_in/32].
+extern "C" __global__ void block_mins_h(const u8* __restrict__ W, i64 row_bytes, int type_size, u16* __restrict__ out,
+                                       int rows, int nb) {
+    const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (i64)rows * nb) return;
+    const int r = (int)(i / nb), u = (int)(i % nb);
+    out[i] = (u16)ld16(W + (i64)r * row_bytes + (i64)u * type_size + 2);
 }
 
 #define DEQUANT_SPLIT(T, NAME)                                                                          \
@@ -262,11 +273,14 @@ DEQUANT_SPLIT(T_MXFP4, mxfp4)
 // ------------------------------------------------------------------ fused prefill steps
 // One launch before a group of products that share an input: (RMSNorm, then) the rounding
 // to the weights' activation kind (decode.cu's load_act, the same arithmetic as act_q8_32 /
-// act_q8_k / act_f16), then the float16 split of split_rows_f16. One block per row;
-// dynamic shared memory: fmv_smem(K).
+// act_q8_k / act_f16), then the float16 split, laid out for ONE GEMM (each cuBLAS call costs
+// ~50 us of host time; a prefill makes ~170 groups): xs [n, 3K] = [2048 hi | hi | lo] against
+// weights [Whi | Wlo | Whi] with alpha 1/2048 gives hi Whi + (hi Wlo + lo Whi) / 2048. The row
+// is divided by r, a power of two with |x / r| < 16, so that 2048 hi stays finite. One block
+// per row; dynamic shared memory: fmv_smem(K).
 template <int A>
 DEV void act_split_impl(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K,
-                        u16* __restrict__ xs, float* __restrict__ rs) {
+                        u16* __restrict__ xs, float* __restrict__ rs, u16* __restrict__ sums) {
     extern __shared__ float fmv_smem[];
     __shared__ float red[FMV_WARPS];
     float* xr = fmv_smem;
@@ -279,28 +293,33 @@ DEV void act_split_impl(const float* __restrict__ x, const float* __restrict__ n
     __syncthreads();
     amax = red[0];
     for (int w = 1; w < FMV_WARPS; ++w) amax = fmaxf(amax, red[w]);
-    const float r = amax >= 32768.f ? exp2f(ceilf(log2f(amax / 16384.f))) : 1.f;
-    u16* o = xs + (i64)blockIdx.x * 2 * K;
+    const float r = amax >= 16.f ? exp2f(ceilf(log2f(amax / 8.f))) : 1.f;
+    u16* o = xs + (i64)blockIdx.x * 3 * K;
     for (int c = threadIdx.x; c < K; c += FMV_THREADS) {
         const float v = __fdiv_rn(xr[XI(c)], r);
         const u16 h = f2h(v);
-        o[c] = h;
-        o[K + c] = f2h(__fmul_rn(__fsub_rn(v, h2f(h)), 2048.f));
+        o[c] = f2h(__fmul_rn(h2f(h), 2048.f));
+        o[K + c] = h;
+        o[2 * K + c] = f2h(__fmul_rn(__fsub_rn(v, h2f(h)), 2048.f));
     }
     if (threadIdx.x == 0) rs[blockIdx.x] = r;
+    if (A == A_Q8_1)  // q8_1's block sums / r (float16 values already), for the minimums' GEMM
+        for (int u = threadIdx.x; u < (K >> 5); u += FMV_THREADS)
+            sums[(i64)blockIdx.x * (K >> 5) + u] = f2h(__fdiv_rn(ss[u], r));
 }
 
 #define ACT_SPLIT(A, NAME)                                                                              \
     extern "C" __global__ void __launch_bounds__(FMV_THREADS) act_split_##NAME(                           \
-        const float* x, const float* nw, float eps, int K, u16* xs, float* rs) {                         \
-        act_split_impl<A>(x, nw, eps, K, xs, rs);                                                        \
+        const float* x, const float* nw, float eps, int K, u16* xs, float* rs, u16* sums) {              \
+        act_split_impl<A>(x, nw, eps, K, xs, rs, sums);                                                  \
     }
 ACT_SPLIT(A_F16, f16)
 ACT_SPLIT(A_Q8_0, q8_0)
+ACT_SPLIT(A_Q8_1, q8_1)
 ACT_SPLIT(A_Q8_K, q8_k)
 
-// After the split GEMMs of a group [n, m]: the row scale, biases (b0 for columns < n0, b1 for
-// the next n1, b2 for the rest; null: none), then the residual: y = resid + (y * r + b), the
+// After the GEMM of a group [n, m]: the row scale, biases (b0 for columns < n0, b1 for the
+// next n1, b2 for the rest; null: none), then the residual: y = resid + (y * r + b), the
 // reference's order (linear adds its bias, then add(residual, y)).
 extern "C" __global__ void prefill_epilogue(float* __restrict__ y, i64 m, i64 total, const float* __restrict__ rs,
                                             const float* b0, int n0, const float* b1, int n1, const float* b2,
@@ -318,8 +337,8 @@ extern "C" __global__ void prefill_epilogue(float* __restrict__ y, i64 m, i64 to
     y[i] = v;
 }
 
-// gu [n, 2 ff] (gate columns, then up) after the split GEMMs -> out [n, ff] = swiglu(gate,
-// up) with the row scale applied first; the swiglu kernel's arithmetic.
+// gu [n, 2 ff] (gate columns, then up) after the GEMM -> out [n, ff] = swiglu(gate, up) with
+// the row scale applied first; the swiglu kernel's arithmetic.
 extern "C" __global__ void prefill_swiglu(const float* __restrict__ gu, const float* __restrict__ rs,
                                           float* __restrict__ out, int ff, i64 total) {
     const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
