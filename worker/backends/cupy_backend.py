@@ -90,18 +90,21 @@ Q8_1_TYPES = frozenset({3, 7})  # Q4_1, Q5_1: offset formats whose products use 
 SCRATCH_ELEMS = 16 << 20
 ATT_THREADS = 128  # must match kernels.cu
 FMV_THREADS, FMV_WARPS = 256, 8  # must match decode.cu
-# Dynamic shared memory of a fused product (input row + q8_1 sums) within the 48 KiB a block
-# gets without opting in, less decode.cu's ~9 KiB of static buffers (weight staging).
-FMV_SMEM_BYTES = 38 * 1024
+# Dynamic shared memory of a fused product (the input row, padded, and its int8 copy): the
+# kernels opt in to this much (cudaFuncAttributeMaxDynamicSharedMemorySize); without the
+# opt-in a block gets 48 KiB, less decode.cu's ~9 KiB of static buffers (weight staging).
+FMV_SMEM_BYTES = 64 * 1024
+FMV_SMEM_DEFAULT = 38 * 1024
 NULL = np.uint64(0)  # a null pointer kernel argument
 PREFETCH_RANGES = 8  # must match attn_decode's arguments in decode.cu
 
 
 def fmv_smem(k: int) -> int:
-    """Dynamic shared memory of fmv_*: the input row padded to 33 words per 32 (decode.cu's
-    XI), then one q8_1 block sum per 32."""
+    """Dynamic shared memory of fmv_* and act_split_*: the input row padded to 33 words per 32
+    (decode.cu's XI), a q8_1 block sum, a scale and an int sum per 32, then (16-byte aligned)
+    the row's int8 values (decode.cu's act_xq)."""
     units = -(-k // 32)
-    return (units * 33 + units) * 4
+    return ((units * 36 + 3) & ~3) * 4 + units * 32
 CUDA_MEMORY_TYPE_DEVICE = 2  # cudaMemoryTypeDevice
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -235,6 +238,12 @@ class CupyBackend(Backend):
             props = cp.cuda.runtime.getDeviceProperties(self.device_id)
             self._sm_count = int(props.get("multiProcessorCount", 132))
             self._dummy = cp.zeros(1, dtype=cp.float32)
+            self._fmv_smem_max = FMV_SMEM_DEFAULT
+            try:  # the fused kernels' opt-in to more shared memory (long input rows)
+                self._module.get_function("fmv_q8_0").max_dynamic_shared_size_bytes = FMV_SMEM_BYTES
+                self._fmv_smem_max = FMV_SMEM_BYTES
+            except Exception as exc:  # an older CuPy or driver: rows that fit the default only
+                log.warning("fused kernels keep the default shared memory limit: %s", exc)
             self._dummy_i = cp.zeros(1, dtype=cp.int32)
             self._gelu_table = cp.asarray(_gelu_f16_table())  # 256 KiB, for gelu()
 
@@ -242,7 +251,10 @@ class CupyBackend(Backend):
     def _fn(self, name: str) -> Any:
         f = self._functions.get(name)
         if f is None:
-            f = self._functions[name] = self._module.get_function(name)
+            f = self._module.get_function(name)
+            if name.startswith(("fmv_", "act_split_")) and self._fmv_smem_max > FMV_SMEM_DEFAULT:
+                f.max_dynamic_shared_size_bytes = self._fmv_smem_max
+            self._functions[name] = f
         return f
 
     def _on_oom(self) -> None:
@@ -762,7 +774,7 @@ class CupyBackend(Backend):
             return False
         if (act in ("q8_0", "q8_1") and k % 32) or (act == "q8_k" and k % 256):
             return False
-        return fmv_smem(k) <= FMV_SMEM_BYTES
+        return fmv_smem(k) <= self._fmv_smem_max
 
     # -- fused many-row steps (prefill.cu) -----------------------------------------------------
     def _prefill_ok(self, x: Any, ws: list[Any]) -> bool:
@@ -778,7 +790,7 @@ class CupyBackend(Backend):
         if (act in ("q8_0", "q8_1") and k % 32) or (act == "q8_k" and k % 256):
             return False
         # the float16 scratch: 3 halves per weight, at most 1.5 x the float32 path's chunk
-        return fmv_smem(k) <= FMV_SMEM_BYTES and sum(w.n_out for w in ws) * k <= SCRATCH_ELEMS
+        return fmv_smem(k) <= self._fmv_smem_max and sum(w.n_out for w in ws) * k <= SCRATCH_ELEMS
 
     def _prefill_products(self, x: Any, norm: Any | None, eps: float, ws: list[DeviceMatrix]) -> tuple[Any, Any]:
         """(y, rs): y [n, sum of n_out] = act(rms_norm(x)) @ [W0; W1; ..].T / rs, the row scale

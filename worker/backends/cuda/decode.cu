@@ -11,6 +11,13 @@
 
 #if defined(__CUDACC__)
 
+// FMV_ABLATE (bench/gpu_decode_ablation.py compiles variants; 0 in the worker): 1 skips the
+// dot products' arithmetic, 2 the input's norm and rounding, 3 the L2 prefetches, 4 the
+// weight loads. Timing each against 0 says where a product's time goes.
+#ifndef FMV_ABLATE
+#define FMV_ABLATE 0
+#endif
+
 #define FMV_THREADS 256
 #define FMV_WARPS 8
 // The rounded input row lives in shared memory with one pad word per 32 elements: a unit's
@@ -134,6 +141,18 @@ DEV float unit_dot(const u8* __restrict__ r, int u, const float* __restrict__ xs
     return 0.f;
 }
 
+// The rest of the input's shared-memory layout after the padded row xs [U * 33] and the q8_1
+// block sums ss [U] (U = K / 32 units): for q8_0 / q8_1 inputs also the int8 values xq [32 U]
+// (16-byte aligned), their scales xd [U] and sums xsum [U], for the integer dot products
+// (kernels.cu's unit_dot_i8). The host's fmv_smem(K) matches.
+DEV float* act_xd(float* xs, int K) { return xs + ((K + 31) >> 5) * 34; }
+DEV int* act_xsum(float* xs, int K) { return (int*)(xs + ((K + 31) >> 5) * 35); }
+DEV i8* act_xq(float* xs, int K) { return (i8*)(xs + ((((K + 31) >> 5) * 36 + 3) & ~3)); }
+
+// Formats whose units take the integer path (q8_0 / q8_1 inputs).
+template <int T>
+DEV constexpr bool int_dot() { return T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0 || T == T_Q5_1 || T == T_Q8_0; }
+
 // Bytes of a block (32 elements; K-quants: a 256-element super-block of 8 units).
 template <int T>
 DEV int block_bytes() {
@@ -159,6 +178,7 @@ DEV const u8* stage_copy(u32* __restrict__ dst, const u8* __restrict__ src, int 
     const u32* s = (const u32*)(a & ~3ull);
     const int off = (int)(a & 3);
     const int nw = (off + n + 3) >> 2;
+    if (FMV_ABLATE == 4) return (const u8*)dst + off;
     u32 v[(STAGE_WORDS + 31) / 32];
 #pragma unroll
     for (int k = 0; k < (STAGE_WORDS + 31) / 32; ++k) {
@@ -197,7 +217,20 @@ DEV float row_part(const u8* __restrict__ r, int K, const float* __restrict__ xs
     for (int u0 = part * per; u0 < nunits; u0 += per * nparts) {
         const int nu = min(per, nunits - u0);
         const u8* st = stage_copy(stage, r + (i64)(u0 / upb) * bb, nu / upb * bb, lane);
-        if (lane < nu) acc += unit_dot<T>(st, lane, xs + 33 * u0, ss + u0);
+        if (FMV_ABLATE == 1) {
+            acc += (float)st[lane];  // the staged bytes used, not decoded
+        } else if (lane < nu) {
+            if (int_dot<T>()) {
+                float* base = const_cast<float*>(xs);
+                const int u = u0 + lane;
+                const uint4* q = (const uint4*)(act_xq(base, K) + 32 * u);
+                const uint4 q0 = q[0], q1 = q[1];
+                const u32 xw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+                acc += unit_dot_i8<T>(st, lane, xw, act_xd(base, K)[u], act_xsum(base, K)[u], ss[u]);
+            } else {
+                acc += unit_dot<T>(st, lane, xs + 33 * u0, ss + u0);
+            }
+        }
         __syncwarp();  // the buffer is rewritten by the next pass
     }
     return warp_sum(acc);
@@ -246,6 +279,11 @@ DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, flo
     __shared__ double redd[FMV_WARPS];
     __shared__ float scale_s;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (FMV_ABLATE == 2) {
+        for (int c = tid; c < K; c += FMV_THREADS) xs[XI(c)] = x[c];
+        __syncthreads();
+        return;
+    }
     if (nw != nullptr) {
         double acc = 0.0;
         for (int c = tid; c < K; c += FMV_THREADS) {
@@ -280,9 +318,12 @@ DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, flo
             const float inv = amax != 0.f ? __fdiv_rn(127.f, amax) : 0.f;
             const float q = rintf(__fmul_rn(v, inv)) + 0.f;
             xs[blk * 33 + lane] = __fmul_rn(round_f16(d), q);
-            if (A == A_Q8_1) {
-                const float qs = warp_sum(q);
-                if (lane == 0) ss[blk] = round_f16(__fmul_rn(d, qs));
+            act_xq(xs, K)[blk * 32 + lane] = (i8)(int)q;
+            const float qs = warp_sum(q);  // exact: at most 32 * 127
+            if (lane == 0) {
+                act_xd(xs, K)[blk] = round_f16(d);
+                act_xsum(xs, K)[blk] = (int)qs;
+                if (A == A_Q8_1) ss[blk] = round_f16(__fmul_rn(d, qs));
             }
         }
     } else if (A == A_Q8_K) {
@@ -325,6 +366,7 @@ DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, flo
 DEV void prefetch_bytes(const u8* p, i64 n) {
     // one thread: bulk prefetches of up to 1 MiB (cp.async.bulk.prefetch.L2, Hopper), or one
     // 128-byte line at a time on older chips
+    if (FMV_ABLATE == 3) return;
     const unsigned long long lo = (unsigned long long)p & ~15ull;
     const unsigned long long hi = ((unsigned long long)(p + n) + 15) & ~15ull;
 #if __CUDA_ARCH__ >= 900
@@ -357,7 +399,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
                   const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,
                   const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2,
                   const float* __restrict__ resid) {
-    extern __shared__ float fmv_smem[];
+    extern __shared__ __align__(16) float fmv_smem[];
     __shared__ u32 stage_all[FMV_WARPS][STAGE_WORDS];
     __shared__ float red_g[FMV_WARPS], red_u[FMV_WARPS];
     float* xs = fmv_smem;

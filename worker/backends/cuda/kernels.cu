@@ -40,6 +40,7 @@ __device__ __forceinline__ u16 f2h(float f) {
 }
 #define I2F(u) __int_as_float((int)(u))
 #define F2I(f) ((u32)__float_as_int(f))
+#define DP4A(a, b, c) __dp4a((int)(a), (int)(b), (c))
 #else
 // ---- host shim: compile with g++ -ffp-contract=off (tests only) ----
 #include <math.h>
@@ -53,6 +54,11 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
+// signed bytes of a times signed bytes of b, summed, plus c (the GPU's dp4a)
+static inline int DP4A(u32 a, u32 b, int c) {
+    for (int k = 0; k < 4; ++k) c += (int)(signed char)(a >> (8 * k)) * (int)(signed char)(b >> (8 * k));
+    return c;
+}
 #endif
 
 // GGML type ids (gguf.GGMLQuantizationType).
@@ -101,6 +107,55 @@ DEV float mxfp4_kvalue(u32 q) {
     // kvalues_mxfp4: E2M1 values doubled, as integers.
     const int v[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
     return (float)v[q & 15];
+}
+
+// ---- integer dot products of one 32-element unit with q8_0 / q8_1 activations
+// x = dx * qx (qx: the unit's 32 int8 values as 8 little-endian words, xsum = sum of qx).
+// The weights' integer levels times qx are summed exactly (dp4a), then scaled once:
+// dw * dx * sum(qw * qx) (+ m * s for Q4_1 / Q5_1, ggml's q8_1 form), where the float path
+// rounds each of the 32 products; ggml's own CUDA kernels (vec_dot_*_q8_1) work this way.
+// Blocks start at even byte offsets (sizes 18, 20, 22, 24, 34), so 4-byte fields are read
+// as two 16-bit halves.
+DEV u32 ld32_a2(const u8* p) { return (u32)((const u16*)p)[0] | ((u32)((const u16*)p)[1] << 16); }
+// bit k (k < 4) of v into bit 4 of byte k: the fifth bit of four Q5 levels
+DEV u32 bit4_of_bytes(u32 v) { return (((v & 15u) * 0x00204081u) & 0x01010101u) << 4; }
+
+template <int T>
+DEV float unit_dot_i8(const u8* __restrict__ r, int u, const u32* __restrict__ xw, float dx, int xsum, float s8) {
+    int s = 0;
+    float d, m = 0.f;
+    if (T == T_Q8_0) {
+        const u8* b = r + (i64)u * 34;
+        d = fp16_at(b);
+        for (int k = 0; k < 8; ++k) s = DP4A(ld32_a2(b + 2 + 4 * k), xw[k], s);
+    } else if (T == T_Q4_0 || T == T_Q4_1) {
+        const int size = T == T_Q4_0 ? 18 : 20, q0 = T == T_Q4_0 ? 2 : 4;
+        const u8* b = r + (i64)u * size;
+        d = fp16_at(b);
+        if (T == T_Q4_1) m = fp16_at(b + 2);
+        for (int k = 0; k < 4; ++k) {
+            const u32 w = ld32_a2(b + q0 + 4 * k);
+            s = DP4A(w & 0x0F0F0F0Fu, xw[k], s);
+            s = DP4A((w >> 4) & 0x0F0F0F0Fu, xw[k + 4], s);
+        }
+        if (T == T_Q4_0) s -= 8 * xsum;
+    } else if (T == T_Q5_0 || T == T_Q5_1) {
+        const int size = T == T_Q5_0 ? 22 : 24, q0 = T == T_Q5_0 ? 6 : 8;
+        const u8* b = r + (i64)u * size;
+        d = fp16_at(b);
+        if (T == T_Q5_1) m = fp16_at(b + 2);
+        const u32 qh = ld32(b + q0 - 4);
+        for (int k = 0; k < 4; ++k) {
+            const u32 w = ld32_a2(b + q0 + 4 * k);
+            s = DP4A((w & 0x0F0F0F0Fu) | bit4_of_bytes(qh >> (4 * k)), xw[k], s);
+            s = DP4A(((w >> 4) & 0x0F0F0F0Fu) | bit4_of_bytes(qh >> (16 + 4 * k)), xw[k + 4], s);
+        }
+        if (T == T_Q5_0) s -= 16 * xsum;
+    } else {
+        return 0.f;
+    }
+    const float v = __fmul_rn(__fmul_rn(d, dx), (float)s);
+    return (T == T_Q4_1 || T == T_Q5_1) ? fmaf(m, s8, v) : v;
 }
 
 // Element `col` of a row stored as type T. MIN=false drops Q4_1/Q5_1's block minimum

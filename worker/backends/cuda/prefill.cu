@@ -281,7 +281,7 @@ DEQUANT_SPLIT(T_MXFP4, mxfp4)
 template <int A>
 DEV void act_split_impl(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K,
                         u16* __restrict__ xs, float* __restrict__ rs, u16* __restrict__ sums) {
-    extern __shared__ float fmv_smem[];
+    extern __shared__ __align__(16) float fmv_smem[];
     __shared__ float red[FMV_WARPS];
     float* xr = fmv_smem;
     float* ss = fmv_smem + ((K + 31) >> 5) * 33;

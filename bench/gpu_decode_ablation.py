@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Where a decode step's product kernels spend their time: ablation on the GPU.
+
+    python bench/gpu_decode_ablation.py --model FILE.gguf [--out DIR]
+
+The CUDA module is compiled once per FMV_ABLATE variant (decode.cu): 0 as the worker runs
+it, 1 without the dot products' arithmetic, 2 without the input's norm and rounding, 3
+without L2 prefetches, 4 without weight loads. Each fused step kind is captured in a graph
+over every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed
+by repeating one layer) and timed with events; the whole decode graph is timed too. The
+difference to variant 0 is what that part costs. Variants other than 0 compute wrong
+values: only their times mean anything. Prints a table; writes DIR/gpu_decode_ablation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cupy as cp  # noqa: E402
+
+from worker.backends import cupy_backend as cb  # noqa: E402
+from worker.model import load_model  # noqa: E402
+
+VARIANTS = {0: "as shipped", 1: "no dot arithmetic", 2: "no norm/rounding", 3: "no L2 prefetch", 4: "no weight loads"}
+
+
+def module(variant: int) -> Any:
+    src = cb.KERNELS_PATH.read_text() + cb.DECODE_KERNELS_PATH.read_text() + cb.PREFILL_KERNELS_PATH.read_text()
+    return cp.RawModule(code=f"#define FMV_ABLATE {variant}\n" + src)
+
+
+def time_graph(fn: Any, reps: int = 5) -> float:
+    """µs per call of fn() (which makes one or more launches), captured once and replayed."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    pool = cp.cuda.MemoryPool()
+    with stream, cp.cuda.using_allocator(pool.malloc):
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        fn()
+        g = stream.end_capture()
+        g.launch(stream)
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        for _ in range(reps):
+            g.launch(stream)
+        end.record(stream)
+        end.synchronize()
+    return cp.cuda.get_elapsed_time(start, end) * 1e3 / reps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    be = cb.CupyBackend(0)
+    model = load_model(Path(args.model), be)
+    ad, cfg = model.adapter, model.cfg
+    L = ad.layers
+    n = cfg.n_layer
+    rng = np.random.default_rng(1)
+    x = cp.asarray(rng.standard_normal((1, cfg.n_embd), dtype=np.float32))
+    act = cp.asarray(rng.standard_normal((1, cfg.n_ff), dtype=np.float32))
+    steps: dict[str, Any] = {
+        "norm+qkv": lambda: [
+            be.norm_linears(x, ly.attn_norm, cfg.norm_eps, [ly.wq, ly.wk, ly.wv], [ly.bq, ly.bk, ly.bv]) for ly in L
+        ],
+        "o+residual": lambda: [be.linear_add(x, ly.wo, x) for ly in L],
+        "norm+gate/up+swiglu": lambda: [be.norm_swiglu(x, ly.ffn_norm, cfg.norm_eps, ly.w_gate, ly.w_up) for ly in L],
+        "down+residual": lambda: [be.linear_add(act, ly.w_down, x) for ly in L],
+        "head": lambda: be.norm_linears(x, ad.out_norm, cfg.norm_eps, [ad.output], [None]),
+    }
+    prompt = rng.integers(0, cfg.vocab_size, 16)
+    res: dict[str, dict[str, float]] = {}
+    for v, label in VARIANTS.items():
+        be._module = module(v)
+        be._functions.clear()
+        row = {k: time_graph(fn) / (1 if k == "head" else n) for k, fn in steps.items()}
+        cache = ad.new_cache(16 + 64)
+        ad.forward(prompt, 0, cache)
+        dec = ad.decoder(cache)
+        tok = dec.greedy(1, 16)
+        tok = dec.greedy(tok, 17)
+        if getattr(dec, "graph", None) is not None:
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record(dec.stream)
+            for _ in range(20):
+                dec.graph.launch(dec.stream)
+            end.record(dec.stream)
+            end.synchronize()
+            row["whole step graph"] = cp.cuda.get_elapsed_time(start, end) * 1e3 / 20
+        dec.close()
+        be.free_kv_cache(cache)
+        res[label] = row
+        print(label, {k: round(t, 1) for k, t in row.items()}, flush=True)
+    base = res[VARIANTS[0]]
+    dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"\n=== decode ablation, µs per call (per layer for layer steps), {dev}")
+    print(f"{'step':22s}" + "".join(f"{lab[:18]:>20s}" for lab in res))
+    for k in base:
+        print(f"{k:22s}" + "".join(f"{res[lab].get(k, float('nan')):20.1f}" for lab in res))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_decode_ablation.json").write_text(json.dumps(res, indent=1))
+    be.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
