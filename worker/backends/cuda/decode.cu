@@ -142,16 +142,19 @@ DEV float unit_dot(const u8* __restrict__ r, int u, const float* __restrict__ xs
 }
 
 // The rest of the input's shared-memory layout after the padded row xs [U * 33] and the q8_1
-// block sums ss [U] (U = K / 32 units): for q8_0 / q8_1 inputs also the int8 values xq [32 U]
-// (16-byte aligned), their scales xd [U] and sums xsum [U], for the integer dot products
-// (kernels.cu's unit_dot_i8). The host's fmv_smem(K) matches.
+// block sums ss [U] (U = K / 32 units): for q8_0 / q8_1 / q8_K inputs also the int8 values
+// xq [32 U] (16-byte aligned), each unit's scale xd [U] and sum xsum [U], for the integer dot
+// products (kernels.cu's unit_dot_i8). The host's fmv_smem(K) matches.
 DEV float* act_xd(float* xs, int K) { return xs + ((K + 31) >> 5) * 34; }
 DEV int* act_xsum(float* xs, int K) { return (int*)(xs + ((K + 31) >> 5) * 35); }
 DEV i8* act_xq(float* xs, int K) { return (i8*)(xs + ((((K + 31) >> 5) * 36 + 3) & ~3)); }
 
-// Formats whose units take the integer path (q8_0 / q8_1 inputs).
+// Formats whose units take the integer path (q8_0 / q8_1 / q8_K inputs; Q5_K and MXFP4 keep
+// the float path).
 template <int T>
-DEV constexpr bool int_dot() { return T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0 || T == T_Q5_1 || T == T_Q8_0; }
+DEV constexpr bool int_dot() {
+    return T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0 || T == T_Q5_1 || T == T_Q8_0 || T == T_Q4_K || T == T_Q6_K;
+}
 
 // Bytes of a block (32 elements; K-quants: a 256-element super-block of 8 units).
 template <int T>
@@ -353,8 +356,22 @@ DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, flo
             const float vmax = __shfl_sync(0xffffffffu, v[bi & 7], bi >> 3);
             const float iscale = vmax != 0.f ? __fdiv_rn(-127.f, vmax) : 0.f;
             const float d = vmax != 0.f ? __fdiv_rn(1.f, iscale) : 0.f;
+            i8* xq = act_xq(xs, K) + sb * 256 + lane * 8;
+            int qsum = 0;
 #pragma unroll
-            for (int k = 0; k < 8; ++k) e[k] = __fmul_rn(d, fminf(rintf(__fmul_rn(v[k], iscale)), 127.f) + 0.f);
+            for (int k = 0; k < 8; ++k) {
+                const float q = fminf(rintf(__fmul_rn(v[k], iscale)), 127.f) + 0.f;
+                e[k] = __fmul_rn(d, q);
+                xq[k] = (i8)(int)q;
+                qsum += (int)q;
+            }
+            // a 32-unit is 4 lanes' 8 elements: its int sum and the block's scale, per unit
+            qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);
+            qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
+            if ((lane & 3) == 0) {
+                act_xsum(xs, K)[sb * 8 + (lane >> 2)] = qsum;
+                act_xd(xs, K)[sb * 8 + (lane >> 2)] = d;
+            }
         }
     }
     __syncthreads();

@@ -109,7 +109,7 @@ DEV float mxfp4_kvalue(u32 q) {
     return (float)v[q & 15];
 }
 
-// ---- integer dot products of one 32-element unit with q8_0 / q8_1 activations
+// ---- integer dot products of one 32-element unit with q8_0 / q8_1 / q8_K activations
 // x = dx * qx (qx: the unit's 32 int8 values as 8 little-endian words, xsum = sum of qx).
 // The weights' integer levels times qx are summed exactly (dp4a), then scaled once:
 // dw * dx * sum(qw * qx) (+ m * s for Q4_1 / Q5_1, ggml's q8_1 form), where the float path
@@ -151,6 +151,36 @@ DEV float unit_dot_i8(const u8* __restrict__ r, int u, const u32* __restrict__ x
             s = DP4A(((w >> 4) & 0x0F0F0F0Fu) | bit4_of_bytes(qh >> (16 + 4 * k)), xw[k + 4], s);
         }
         if (T == T_Q5_0) s -= 16 * xsum;
+    } else if (T == T_Q4_K) {
+        // q8_K input: dx is the 256-block's scale; w = (d sc) q - (dmin m) per 32-unit j
+        const int j = u & 7;
+        const u8* b = r + (i64)(u >> 3) * 144;
+        float sc, mn;
+        scale_min_k4(b + 4, j, &sc, &mn);
+        const u8* qs = b + 16 + 32 * (j >> 1);
+        const int shift = (j & 1) * 4;
+        for (int k = 0; k < 8; ++k) s = DP4A((ld32_a2(qs + 4 * k) >> shift) & 0x0F0F0F0Fu, xw[k], s);
+        const float dl = __fmul_rn(fp16_at(b), sc), ml = __fmul_rn(fp16_at(b + 2), mn);
+        return __fmul_rn(dx, __fsub_rn(__fmul_rn(dl, (float)s), __fmul_rn(ml, (float)xsum)));
+    } else if (T == T_Q6_K) {
+        // two 16-element halves with their own int8 scales; levels q - 32, q 6-bit
+        const int g8 = u & 7, h = g8 >> 2, g = g8 & 3;
+        const u8* b = r + (i64)(u >> 3) * 210;
+        const u8* lo = b + 64 * h + 32 * (g & 1);
+        const u8* hi = b + 128 + 32 * h;
+        const int lshift = g < 2 ? 0 : 4;
+        int sh[2] = {0, 0}, xs[2] = {0, 0};
+        for (int k = 0; k < 8; ++k) {
+            const u32 q = ((ld32_a2(lo + 4 * k) >> lshift) & 0x0F0F0F0Fu) |
+                          (((ld32_a2(hi + 4 * k) >> (2 * g)) & 0x03030303u) << 4);
+            sh[k >> 2] = DP4A(q, xw[k], sh[k >> 2]);
+            xs[k >> 2] = DP4A(0x01010101u, xw[k], xs[k >> 2]);
+        }
+        const float dd = fp16_at(b + 208);
+        const float s0 = __fmul_rn(dd, (float)(i8)b[192 + 2 * g8]);
+        const float s1 = __fmul_rn(dd, (float)(i8)b[193 + 2 * g8]);
+        const float v0 = __fmul_rn(s0, (float)(sh[0] - 32 * xs[0]));
+        return __fmul_rn(dx, __fadd_rn(v0, __fmul_rn(s1, (float)(sh[1] - 32 * xs[1]))));
     } else {
         return 0.f;
     }
