@@ -764,10 +764,11 @@ class CupyBackend(Backend):
         return out
 
     # -- fused one-row steps (decode.cu) -----------------------------------------------------
-    def _fusable(self, x: Any, ws: list[Any]) -> bool:
-        """One row, weights of one activation kind, an input that fits the kernel's shared
-        memory; anything else takes the composed path (the base class's defaults)."""
-        if x.ndim != 2 or x.shape[0] != 1 or not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
+    def _shared_input(self, x: Any, ws: list[Any]) -> bool:
+        """Device weights of one input size and activation kind, x a matrix of rows of that size
+        whose rounding blocks divide it and which fits the fused kernels' shared memory
+        (load_act's layout): what the one-row (decode.cu) and many-row (prefill.cu) steps share."""
+        if x.ndim != 2 or not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
             return False
         k, act = ws[0].n_in, ws[0].act_type
         if any(w.n_in != k or w.act_type != act for w in ws) or x.shape[1] != k:
@@ -776,21 +777,22 @@ class CupyBackend(Backend):
             return False
         return fmv_smem(k) <= self._fmv_smem_max
 
+    def _fusable(self, x: Any, ws: list[Any]) -> bool:
+        """One row; anything else takes the composed path (the base class's defaults)."""
+        return self._shared_input(x, ws) and x.shape[0] == 1
+
     # -- fused many-row steps (prefill.cu) -----------------------------------------------------
     def _prefill_ok(self, x: Any, ws: list[Any]) -> bool:
-        """Several rows, weights of one activation kind that the split float16 GEMMs take, an
-        input row that fits act_split's shared memory, a scratch of bounded size."""
-        if x.ndim != 2 or x.shape[0] < 2 or not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
-            return False
-        k, act = ws[0].n_in, ws[0].act_type
-        if act not in ("q8_0", "q8_1", "q8_k", "f16") or x.shape[1] != k:
-            return False
-        if any(w.n_in != k or w.act_type != act or w.suffix in ("f32", "bf16") for w in ws):
-            return False
-        if (act in ("q8_0", "q8_1") and k % 32) or (act == "q8_k" and k % 256):
-            return False
-        # the float16 scratch: 3 halves per weight, at most 1.5 x the float32 path's chunk
-        return fmv_smem(k) <= self._fmv_smem_max and sum(w.n_out for w in ws) * k <= SCRATCH_ELEMS
+        """Several rows, weights that the split float16 GEMMs take (not F32 / BF16: values may
+        lie beyond float16's range; not an f32 or bf16 input), a scratch of bounded size: 3
+        halves per weight, at most 1.5 x the float32 path's chunk."""
+        return (
+            self._shared_input(x, ws)
+            and x.shape[0] >= 2
+            and ws[0].act_type in ("q8_0", "q8_1", "q8_k", "f16")
+            and not any(w.suffix in ("f32", "bf16") for w in ws)
+            and sum(w.n_out for w in ws) * ws[0].n_in <= SCRATCH_ELEMS
+        )
 
     def _prefill_products(self, x: Any, norm: Any | None, eps: float, ws: list[DeviceMatrix]) -> tuple[Any, Any]:
         """(y, rs): y [n, sum of n_out] = act(rms_norm(x)) @ [W0; W1; ..].T / rs, the row scale

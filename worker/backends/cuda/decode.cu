@@ -5,9 +5,10 @@
 // one by one they cost far more than the ~0.15 ms it takes to read the weights. These kernels
 // do a decoder layer in five launches (norm+QKV, RoPE+cache write+attention, O+residual,
 // norm+gate/up+SwiGLU, down+residual), and the CuPy backend captures a whole step in a CUDA
-// graph. Arithmetic is the unfused kernels' own, operation for operation (same rounding of
-// activations, same dequantized weight bits, same RMSNorm / RoPE / softmax code); only the
-// order of the float32 sums inside a product differs (per 32-element unit, then the warp).
+// graph. Arithmetic is the unfused kernels' own (same rounding of activations, same RMSNorm /
+// RoPE / softmax code), except inside a product: a 32-element unit of most block formats is
+// summed exactly in integers (kernels.cu's unit_dot_i8, as ggml's CUDA kernels do) and scaled
+// once, and the float32 sums run per unit, then across the warp.
 
 #if defined(__CUDACC__)
 
@@ -33,69 +34,14 @@
 #define A_Q8_1 4
 #define A_Q8_K 5
 
-// Sum over the 32 elements of unit u (columns 32u .. 32u+31) of w * x, for block formats.
-// Weight values are computed exactly as dq<T, MIN> computes them. Q4_1/Q5_1: without the
-// block minimum, which comes back as m * s[u] (ggml's q8_1 form).
+// Sum over the 32 elements of unit u (columns 32u .. 32u+31) of w * x, with the float
+// decode: the formats without an integer path (int_dot below). Weight values are computed
+// exactly as dq<T, MIN> computes them.
 template <int T>
-DEV float unit_dot(const u8* __restrict__ r, int u, const float* __restrict__ xs, const float* __restrict__ ss) {
+DEV float unit_dot(const u8* __restrict__ r, int u, const float* __restrict__ xs) {
     const float* x = xs + 33 * u;  // padded layout, see XI
     float a0 = 0.f, a1 = 0.f;
-    if (T == T_Q4_0) {
-        const u8* b = r + (i64)u * 18;
-        const float d = fp16_at(b);
-#pragma unroll
-        for (int l = 0; l < 16; ++l) {
-            const u32 byte = b[2 + l];
-            a0 = fmaf(x[l], __fmul_rn(d, (float)((int)(byte & 15) - 8)), a0);
-            a1 = fmaf(x[l + 16], __fmul_rn(d, (float)((int)(byte >> 4) - 8)), a1);
-        }
-        return a0 + a1;
-    } else if (T == T_Q4_1) {
-        const u8* b = r + (i64)u * 20;
-        const float d = fp16_at(b);
-#pragma unroll
-        for (int l = 0; l < 16; ++l) {
-            const u32 byte = b[4 + l];
-            a0 = fmaf(x[l], __fmul_rn(d, (float)(byte & 15)), a0);
-            a1 = fmaf(x[l + 16], __fmul_rn(d, (float)(byte >> 4)), a1);
-        }
-        return fmaf(fp16_at(b + 2), ss[u], a0 + a1);
-    } else if (T == T_Q5_0) {
-        const u8* b = r + (i64)u * 22;
-        const float d = fp16_at(b);
-        const u32 qh = ld32(b + 2);
-#pragma unroll
-        for (int l = 0; l < 16; ++l) {
-            const u32 byte = b[6 + l];
-            const u32 q0 = (byte & 15) | (((qh >> l) & 1) << 4);
-            const u32 q1 = (byte >> 4) | (((qh >> (l + 16)) & 1) << 4);
-            a0 = fmaf(x[l], __fmul_rn(d, (float)((int)q0 - 16)), a0);
-            a1 = fmaf(x[l + 16], __fmul_rn(d, (float)((int)q1 - 16)), a1);
-        }
-        return a0 + a1;
-    } else if (T == T_Q5_1) {
-        const u8* b = r + (i64)u * 24;
-        const float d = fp16_at(b);
-        const u32 qh = ld32(b + 4);
-#pragma unroll
-        for (int l = 0; l < 16; ++l) {
-            const u32 byte = b[8 + l];
-            const u32 q0 = (byte & 15) | (((qh >> l) & 1) << 4);
-            const u32 q1 = (byte >> 4) | (((qh >> (l + 16)) & 1) << 4);
-            a0 = fmaf(x[l], __fmul_rn(d, (float)q0), a0);
-            a1 = fmaf(x[l + 16], __fmul_rn(d, (float)q1), a1);
-        }
-        return fmaf(fp16_at(b + 2), ss[u], a0 + a1);
-    } else if (T == T_Q8_0) {
-        const u8* b = r + (i64)u * 34;
-        const float d = fp16_at(b);
-#pragma unroll
-        for (int l = 0; l < 16; ++l) {
-            a0 = fmaf(x[l], __fmul_rn(d, (float)(i8)b[2 + l]), a0);
-            a1 = fmaf(x[l + 16], __fmul_rn(d, (float)(i8)b[18 + l]), a1);
-        }
-        return a0 + a1;
-    } else if (T == T_MXFP4) {
+    if (T == T_MXFP4) {
         const u8* b = r + (i64)u * 17;
         const float d = e8m0_half(b[0]);
 #pragma unroll
@@ -105,36 +51,19 @@ DEV float unit_dot(const u8* __restrict__ r, int u, const float* __restrict__ xs
             a1 = fmaf(x[l + 16], __fmul_rn(d, mxfp4_kvalue(byte >> 4)), a1);
         }
         return a0 + a1;
-    } else if (T == T_Q4_K || T == T_Q5_K) {
-        const int size = T == T_Q4_K ? 144 : 176;
+    } else if (T == T_Q5_K) {
         const int j = u & 7;
-        const u8* b = r + (i64)(u >> 3) * size;
+        const u8* b = r + (i64)(u >> 3) * 176;
         float sc, m;
         scale_min_k4(b + 4, j, &sc, &m);
         const float dl = __fmul_rn(fp16_at(b), sc);
         const float ml = __fmul_rn(fp16_at(b + 2), m);
-        const u8* qs = b + (T == T_Q4_K ? 16 : 48) + 32 * (j >> 1);
+        const u8* qs = b + 48 + 32 * (j >> 1);
         const int shift = (j & 1) * 4;
 #pragma unroll 8
         for (int l = 0; l < 32; ++l) {
-            u32 q = (qs[l] >> shift) & 15;
-            if (T == T_Q5_K) q |= ((b[16 + l] >> j) & 1) << 4;
+            const u32 q = ((qs[l] >> shift) & 15) | (((b[16 + l] >> j) & 1) << 4);
             a0 = fmaf(x[l], __fsub_rn(__fmul_rn(dl, (float)q), ml), a0);
-        }
-        return a0;
-    } else if (T == T_Q6_K) {
-        const int g8 = u & 7, h = g8 >> 2, g = g8 & 3;
-        const u8* b = r + (i64)(u >> 3) * 210;
-        const float dd = fp16_at(b + 208);
-        const float s0 = __fmul_rn(dd, (float)(i8)b[192 + 2 * g8]);
-        const float s1 = __fmul_rn(dd, (float)(i8)b[193 + 2 * g8]);
-        const u8* lo = b + 64 * h + 32 * (g & 1);
-        const u8* hi = b + 128 + 32 * h;
-        const int lshift = g < 2 ? 0 : 4;
-#pragma unroll 8
-        for (int l = 0; l < 32; ++l) {
-            const int q = (int)(((lo[l] >> lshift) & 15) | (((hi[l] >> (2 * g)) & 3) << 4)) - 32;
-            a0 = fmaf(x[l], __fmul_rn(l < 16 ? s0 : s1, (float)q), a0);
         }
         return a0;
     }
@@ -223,7 +152,7 @@ DEV float row_part(const u8* __restrict__ r, int K, const float* __restrict__ xs
         if (FMV_ABLATE == 1) {
             acc += (float)st[lane];  // the staged bytes used, not decoded
         } else if (lane < nu) {
-            if (int_dot<T>()) {
+            if constexpr (int_dot<T>()) {
                 float* base = const_cast<float*>(xs);
                 const int u = u0 + lane;
                 const uint4* q = (const uint4*)(act_xq(base, K) + 32 * u);
@@ -231,7 +160,7 @@ DEV float row_part(const u8* __restrict__ r, int K, const float* __restrict__ xs
                 const u32 xw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
                 acc += unit_dot_i8<T>(st, lane, xw, act_xd(base, K)[u], act_xsum(base, K)[u], ss[u]);
             } else {
-                acc += unit_dot<T>(st, lane, xs + 33 * u0, ss + u0);
+                acc += unit_dot<T>(st, lane, xs + 33 * u0);
             }
         }
         __syncwarp();  // the buffer is rewritten by the next pass
