@@ -5,11 +5,15 @@
 
 The CUDA module is compiled once per FMV_ABLATE variant (decode.cu): 0 as the worker runs
 it, 1 without the dot products' arithmetic, 2 without the input's norm and rounding, 3
-without L2 prefetches, 4 without weight loads. Each fused step kind is captured in a graph
-over every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed
-by repeating one layer) and timed with events; the whole decode graph is timed too. The
-difference to variant 0 is what that part costs. Variants other than 0 compute wrong
-values: only their times mean anything. Prints a table; writes DIR/gpu_decode_ablation.json.
+without the attention kernel's L2 prefetches, 4 without weight loads. "plain launches" is
+variant 0 without programmatic dependent launch (pdl.py); "N blocks/SM" sizes the product
+grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM.
+--variants picks some (default: all). Each fused step kind is captured in a graph over
+every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
+repeating one layer) and timed with events; the whole decode graph is timed too. The
+difference to the first variant is what that part costs. Variants with FMV_ABLATE other
+than 0 compute wrong values: only their times mean anything. Prints a table; writes
+DIR/gpu_decode_ablation.json.
 """
 
 from __future__ import annotations
@@ -30,7 +34,17 @@ import cupy as cp  # noqa: E402
 from worker.backends import cupy_backend as cb  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
-VARIANTS = {0: "as shipped", 1: "no dot arithmetic", 2: "no norm/rounding", 3: "no L2 prefetch", 4: "no weight loads"}
+# label -> (FMV_ABLATE, programmatic dependent launch, product blocks per multiprocessor)
+VARIANTS = {
+    "as shipped": (0, True, cb.FMV_BLOCKS_PER_SM),
+    "plain launches": (0, False, cb.FMV_BLOCKS_PER_SM),
+    "2 blocks/SM": (0, True, 2),
+    "1 block/SM": (0, True, 1),
+    "no dot arithmetic": (1, True, cb.FMV_BLOCKS_PER_SM),
+    "no norm/rounding": (2, True, cb.FMV_BLOCKS_PER_SM),
+    "no L2 prefetch": (3, True, cb.FMV_BLOCKS_PER_SM),
+    "no weight loads": (4, True, cb.FMV_BLOCKS_PER_SM),
+}
 
 
 def module(variant: int) -> Any:
@@ -62,8 +76,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--out")
+    ap.add_argument("--variants", help="comma-separated labels of VARIANTS (default: all)")
     args = ap.parse_args()
+    chosen = args.variants.split(",") if args.variants else list(VARIANTS)
     be = cb.CupyBackend(0)
+    pdl = be._pdl
     model = load_model(Path(args.model), be)
     ad, cfg = model.adapter, model.cfg
     L = ad.layers
@@ -82,9 +99,12 @@ def main() -> int:
     }
     prompt = rng.integers(0, cfg.vocab_size, 16)
     res: dict[str, dict[str, float]] = {}
-    for v, label in VARIANTS.items():
+    for label in chosen:
+        v, use_pdl, bps = VARIANTS[label]
         be._module = module(v)
         be._functions.clear()
+        be._pdl = pdl if use_pdl else None
+        be._fmv_blocks_per_sm = bps
         row = {k: time_graph(fn) / (1 if k == "head" else n) for k, fn in steps.items()}
         cache = ad.new_cache(16 + 64)
         ad.forward(prompt, 0, cache)
@@ -103,7 +123,7 @@ def main() -> int:
         be.free_kv_cache(cache)
         res[label] = row
         print(label, {k: round(t, 1) for k, t in row.items()}, flush=True)
-    base = res[VARIANTS[0]]
+    base = res[chosen[0]]
     dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"\n=== decode ablation, µs per call (per layer for layer steps), {dev}")
     print(f"{'step':22s}" + "".join(f"{lab[:18]:>20s}" for lab in res))

@@ -119,7 +119,7 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     out["ttft128_ms"] = statistics.median(ttft) * 1e3
     # decode: a 16-token prompt, then DECODE greedy steps through the job's decoder
     prompt = rng.integers(0, cfg.vocab_size, 16)
-    job, steady, ids_runs = [], [], []
+    job, steady, ids_runs, first = [], [], [], []
     for r in range(reps + 1):
         cache = ad.new_cache(16 + DECODE + 1)
         tok = int(np.argmax(ad.forward(prompt, 0, cache)))
@@ -137,6 +137,7 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
         if r:
             job.append(DECODE / (stamps[-1] - stamps[0]))
             steady.append((DECODE - 2) / (stamps[-1] - stamps[2]))
+            first.append((stamps[1] - stamps[0], stamps[2] - stamps[1]))  # eager step, capture step
             ids_runs.append(ids_out)
     # the step graph alone: device time per replay (no host round trip between tokens)
     cache = ad.new_cache(16 + 2 + 400 + 8)  # every replay advances the position: 400 of them
@@ -163,6 +164,7 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     out["decoder"] = kind
     out["tg128_job"] = statistics.median(job)
     out["tg128_steady"] = statistics.median(steady)
+    out["first_steps_ms"] = [statistics.median(f[i] for f in first) * 1e3 for i in (0, 1)]
     out["decode_ids_identical_across_runs"] = all(x == ids_runs[0] for x in ids_runs)
     out["ctx"] = model.context_length
     out["profile_us"] = profile_ops(be, ad)
@@ -335,7 +337,8 @@ def main() -> int:
             print(f"{name:10s} step from the parts {prof['step_estimate_us']:.0f} us; measured "
                   f"{1e6 / o['tg128_steady']:.0f} us per token; graph replay alone "
                   f"{o.get('graph_step_us', float('nan')):.0f} us "
-                  f"(host launch {o.get('graph_launch_host_us', 0):.0f} us)")
+                  f"(host launch {o.get('graph_launch_host_us', 0):.0f} us); a job's first two steps "
+                  f"(eager, then captured) {' and '.join(f'{t:.1f}' for t in o.get('first_steps_ms', []))} ms")
         if "error" in lc:
             print(f"{name:10s} llama-bench failed: {lc['error'][-300:]}")
     return 0

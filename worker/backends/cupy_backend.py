@@ -47,6 +47,7 @@ import numpy as np
 from worker.adapters.base import Decoder
 from worker.backends.base import Backend, KVCache, OutOfDeviceMemory
 from worker.backends.numpy_backend import _gelu_f16_table, _yarn_tables
+from worker.backends.pdl import PdlLauncher
 from worker.gguf_file import GGUFError, GGUFFile
 from worker.model_config import ModelConfig
 from worker.quants import UnsupportedQuantType, dequantize, get_format
@@ -84,6 +85,8 @@ KERNEL_SUFFIX = {
     39: "mxfp4",
 }
 Q8_1_TYPES = frozenset({3, 7})  # Q4_1, Q5_1: offset formats whose products use q8_1 block sums
+FLOAT_TYPES = frozenset({0, 1, 30})  # F32, F16, BF16
+K_QUANT_TYPES = frozenset({12, 13, 14})  # Q4_K, Q5_K, Q6_K: 256-element super-blocks
 
 # Scratch bound (float32 elements) for the prefill dequantized-weight chunks and the
 # attention score buffer: 64 MiB each.
@@ -93,18 +96,78 @@ FMV_THREADS, FMV_WARPS = 256, 8  # must match decode.cu
 # Dynamic shared memory of a fused product (the input row, padded, and its int8 copy): the
 # kernels opt in to this much (cudaFuncAttributeMaxDynamicSharedMemorySize); without the
 # opt-in a block gets 48 KiB, less decode.cu's ~9 KiB of static buffers (weight staging).
-FMV_SMEM_BYTES = 64 * 1024
-FMV_SMEM_DEFAULT = 38 * 1024
+FMV_SMEM_BYTES = 160 * 1024
+FMV_SMEM_DEFAULT = 46 * 1024
+# fmv_*'s weight staging (decode.cu): at most this many ring slots per warp, and at most this
+# many rounds per block when warps split a row (its table of partial sums)
+FMV_NST_MAX, FMV_RED_ROUNDS = 8, 16
+# Blocks of a product kernel per multiprocessor (the grid is sized for one wave of them): 4,
+# the most that fit at 64 registers a thread (bench/gpu_decode_ablation.py measured 2 and 1
+# slower: fewer warps to hide the input rounding and the rows' latency).
+FMV_BLOCKS_PER_SM = 4
 NULL = np.uint64(0)  # a null pointer kernel argument
 PREFETCH_RANGES = 8  # must match attn_decode's arguments in decode.cu
 
 
 def fmv_smem(k: int) -> int:
-    """Dynamic shared memory of fmv_* and act_split_*: the input row padded to 33 words per 32
-    (decode.cu's XI), a q8_1 block sum, a scale and an int sum per 32, then (16-byte aligned)
-    the row's int8 values (decode.cu's act_xq)."""
+    """Dynamic shared memory of act_split_* and the input part of fmv_*'s: the input row padded
+    to 33 words per 32 (decode.cu's XI), a q8_1 block sum, a scale and an int sum per 32, then
+    (16-byte aligned) the row's int8 values (decode.cu's act_xq, act_smem_bytes)."""
     units = -(-k // 32)
     return ((units * 36 + 3) & ~3) * 4 + units * 32
+
+
+@dataclass(frozen=True)
+class FmvPlan:
+    """How fmv_* splits a product (decode.cu's fmv_impl): mode (2 becomes 3 when gate and up
+    rows go to two warps), wpr warps per row, per units per warp, iters rounds of 8 / wpr rows
+    per block, grid blocks, nst ring slots per warp of npass * pass_bytes, smem in all."""
+
+    mode: int
+    wpr: int
+    per: int
+    iters: int
+    grid: int
+    nst: int
+    pass_bytes: int
+    smem: int
+
+
+@functools.lru_cache(maxsize=1024)
+def fmv_plan(k: int, mode: int, total: int, type_ids: tuple[int, ...], sm_count: int, smem_max: int,
+             blocks_per_sm: int = FMV_BLOCKS_PER_SM, smem_per_sm: int = 0) -> FmvPlan | None:
+    """The split of one fused product, or None when one ring slot per warp does not fit.
+    smem_per_sm (when known): fewer ring slots, so that blocks_per_sm blocks fit on one
+    multiprocessor (each also takes ~1 KiB of static and 1 KiB of reserved shared memory)."""
+    units = k // 32
+    # split long rows over several warps of a block (the down projection: 896 rows of 4864)
+    wpr = 8 if units >= 128 else 4 if units >= 64 else 2 if units >= 40 else 1
+    if mode == 2 and wpr == 1:
+        mode, wpr = 3, 2  # gate and up rows on two warps
+    upb = 8 if any(t in K_QUANT_TYPES for t in type_ids) else 1
+    per = units if mode == 3 else -(-math.ceil(units / wpr) // upb) * upb
+    seg_bytes = 0
+    for t in type_ids:
+        fmt = get_format(t)
+        if t not in FLOAT_TYPES:  # float rows are read from global memory, not staged
+            seg_bytes = max(seg_bytes, per * 32 // fmt.block_size * fmt.type_size)
+    # 16-byte copies from the granule holding the first byte: up to 15 bytes more
+    pass_bytes = (seg_bytes + 15 + 15) // 16 * 16
+    npass = 2 if mode == 2 else 1
+    rows_per_iter = FMV_WARPS // wpr
+    iters = max(1, -(-total // (sm_count * blocks_per_sm * rows_per_iter)))
+    if wpr > 1:
+        iters = min(iters, FMV_RED_ROUNDS)
+    grid = -(-total // (rows_per_iter * iters))
+    ring = FMV_WARPS * npass * pass_bytes
+    nst = min(iters, FMV_NST_MAX, (smem_max - fmv_smem(k)) // ring)
+    if nst < 1:
+        return None
+    if smem_per_sm:
+        nst = max(1, min(nst, (smem_per_sm // blocks_per_sm - 2048 - fmv_smem(k)) // ring))
+    return FmvPlan(mode, wpr, per, iters, grid, nst, pass_bytes, fmv_smem(k) + nst * ring)
+
+
 CUDA_MEMORY_TYPE_DEVICE = 2  # cudaMemoryTypeDevice
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -237,6 +300,7 @@ class CupyBackend(Backend):
             )
             props = cp.cuda.runtime.getDeviceProperties(self.device_id)
             self._sm_count = int(props.get("multiProcessorCount", 132))
+            self._smem_per_sm = int(props.get("sharedMemPerMultiprocessor", 0))
             self._dummy = cp.zeros(1, dtype=cp.float32)
             self._fmv_smem_max = FMV_SMEM_DEFAULT
             try:  # the fused kernels' opt-in to more shared memory (long input rows)
@@ -245,6 +309,15 @@ class CupyBackend(Backend):
             except Exception as exc:  # an older CuPy or driver: rows that fit the default only
                 log.warning("fused kernels keep the default shared memory limit: %s", exc)
             self._dummy_i = cp.zeros(1, dtype=cp.int32)
+            self._fmv_blocks_per_sm = FMV_BLOCKS_PER_SM
+            # decode kernels launched with programmatic dependent launch (sm_90; pdl.py), unless
+            # WORKER_CUDA_PDL=0 (an A/B switch for bench/gpu_decode_ablation.py)
+            self._pdl: PdlLauncher | None = None
+            if int(props.get("major", 0)) >= 9 and os.environ.get("WORKER_CUDA_PDL", "1") != "0":
+                try:
+                    self._pdl = PdlLauncher()
+                except (OSError, AttributeError) as exc:  # no libcuda symbol: plain launches
+                    log.warning("programmatic dependent launch unavailable: %s", exc)
             self._gelu_table = cp.asarray(_gelu_f16_table())  # 256 KiB, for gelu()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -256,6 +329,15 @@ class CupyBackend(Backend):
                 f.max_dynamic_shared_size_bytes = self._fmv_smem_max
             self._functions[name] = f
         return f
+
+    def _launch_dep(self, name: str, grid: int, block: int, args: tuple[Any, ...], shared_mem: int = 0) -> None:
+        """A decode.cu kernel that calls pdl_wait before reading earlier kernels' outputs:
+        launched with programmatic dependent launch where available, else as usual."""
+        f = self._fn(name)
+        if self._pdl is None:
+            f((grid,), (block,), args, shared_mem=shared_mem)
+        else:
+            self._pdl(getattr(f, "kernel", f).ptr, grid, block, args, shared_mem, cp.cuda.get_current_stream().ptr)
 
     def _on_oom(self) -> None:
         self._memo = None
@@ -775,7 +857,10 @@ class CupyBackend(Backend):
             return False
         if (act in ("q8_0", "q8_1") and k % 32) or (act == "q8_k" and k % 256):
             return False
-        return fmv_smem(k) <= self._fmv_smem_max
+        # the input's part, and (one-row steps) a ring slot per warp of the widest of gate +
+        # up passes (mode 2: two per slot)
+        types = tuple(w.type_id for w in ws)
+        return fmv_plan(k, 2, 1, types, self._sm_count, self._fmv_smem_max) is not None
 
     def _fusable(self, x: Any, ws: list[Any]) -> bool:
         """One row; anything else takes the composed path (the base class's defaults)."""
@@ -918,18 +1003,15 @@ class CupyBackend(Backend):
     ) -> None:
         k = int(x.shape[1])
         total = segs[0][3] if mode else sum(sg[3] for sg in segs)
-        units = k // 32
-        # split long rows over several warps of a block (the down projection: 896 rows of 4864)
-        wpr = 8 if units >= 128 else 4 if units >= 64 else 2 if units >= 40 else 1
-        if mode == 2 and wpr == 1:
-            mode, wpr = 3, 2  # gate and up rows on two warps
-        rows_per_iter = FMV_WARPS // wpr
-        # one wave (4 resident blocks of 256 threads per multiprocessor at fmv's 64 registers):
-        # more rounds of rows per block when there are many rows
-        iters = max(1, -(-total // (self._sm_count * 4 * rows_per_iter)))
-        grid = -(-total // (rows_per_iter * iters))
+        plan = fmv_plan(k, mode, total, tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
+                        self._fmv_blocks_per_sm, self._smem_per_sm)  # fmt: skip
+        if plan is None:  # _shared_input checked the input's part; a ring slot did not fit
+            raise RuntimeError(f"fused product of {k} columns does not fit shared memory")
         nw = NULL if norm is None else norm
-        args: list[Any] = [x, nw, np.float32(eps), np.int32(k), np.int32(mode), np.int32(iters), np.int32(wpr)]
+        args: list[Any] = [
+            x, nw, np.float32(eps), np.int32(k), np.int32(plan.mode), np.int32(plan.iters), np.int32(plan.wpr),
+            np.int32(plan.per), np.int32(plan.nst), np.int32(plan.pass_bytes),
+        ]  # fmt: skip
         for i in range(3):
             if i < len(segs):
                 raw, rb, t, n = segs[i]
@@ -939,7 +1021,7 @@ class CupyBackend(Backend):
             else:
                 args += [NULL, np.int64(0), np.int32(-1), np.int32(0), NULL, NULL]
         args.append(NULL if resid is None else resid)
-        self._fn("fmv_" + act)((grid,), (FMV_THREADS,), tuple(args), shared_mem=fmv_smem(k))
+        self._launch_dep("fmv_" + act, plan.grid, FMV_THREADS, tuple(args), plan.smem)
 
     def prefetch(self, weights: list[Any]) -> None:
         # taken by the next fused attention launch (it reads no weights itself)
@@ -975,9 +1057,10 @@ class CupyBackend(Backend):
         ranges += [(0, 0)] * (PREFETCH_RANGES - len(ranges))
         pf = [a for ptr, nbytes in ranges for a in (np.uint64(ptr), np.int64(nbytes))]
         theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
-        self._fn("attn_decode")(
-            (n_head,),
-            (ATT_THREADS,),
+        self._launch_dep(
+            "attn_decode",
+            n_head,
+            ATT_THREADS,
             (
                 q, k, v, cache.k[layer], cache.v[layer], out, scores, np.int32(stride), pos, np.int32(start),
                 np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(cfg.rope_dim), np.float32(theta_scale),

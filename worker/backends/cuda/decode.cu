@@ -19,6 +19,22 @@
 #define FMV_ABLATE 0
 #endif
 
+// Programmatic dependent launch (worker/backends/pdl.py launches the decode kernels with it on
+// sm_90): pdl_trigger lets the next kernel's blocks start while this one runs; a kernel does
+// only work that reads no earlier kernel's output (weight prefetches) before pdl_wait, which
+// returns once the previous kernel has completed and its writes are visible. Launched
+// without the attribute, both are no-ops.
+DEV void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+DEV void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 #define FMV_THREADS 256
 #define FMV_WARPS 8
 // The rounded input row lives in shared memory with one pad word per 32 elements: a unit's
@@ -85,95 +101,106 @@ DEV constexpr bool int_dot() {
     return T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0 || T == T_Q5_1 || T == T_Q8_0 || T == T_Q4_K || T == T_Q6_K;
 }
 
-// Bytes of a block (32 elements; K-quants: a 256-element super-block of 8 units).
-template <int T>
-DEV int block_bytes() {
-    return T == T_Q4_0 ? 18 : T == T_Q4_1 ? 20 : T == T_Q5_0 ? 22 : T == T_Q5_1 ? 24 : T == T_Q8_0 ? 34
-         : T == T_MXFP4 ? 17 : T == T_Q4_K ? 144 : T == T_Q5_K ? 176 : T == T_Q6_K ? 210 : 0;
+// Weight rows reach a warp through shared memory: 16-byte asynchronous copies (cp.async) of
+// the aligned granules that hold a row segment, into the warp's ring of slots. A block's
+// copies for several rounds of rows are in flight at once, and the first rounds are issued
+// before pdl_wait, while the previous kernel still runs (they read only weights). Copies
+// start at the granule holding the segment's first byte and may end up to 15 bytes past its
+// last: weight buffers are allocated with a 16-byte tail. Before sm_80: plain 16-byte loads.
+#define FMV_NST_MAX 8     // ring slots per warp (cp_async_wait's immediates go to 7)
+#define FMV_RED_ROUNDS 16 // rounds of split-K partial sums a block keeps (host: iters <= this)
+
+DEV void cp_async16(u8* dst, const u8* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+#else
+    *(uint4*)dst = __ldg((const uint4*)src);
+#endif
 }
-template <int T>
-DEV int units_per_block() { return (T == T_Q4_K || T == T_Q5_K || T == T_Q6_K) ? 8 : 1; }
+DEV void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Returns once at most n (0 .. FMV_NST_MAX - 1) of this thread's committed groups are pending.
+DEV void cp_async_wait(int n) {
+#if __CUDA_ARCH__ >= 800
+    switch (n) {
+        case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+        case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+        case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+        case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+        case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+        default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+    }
+#endif
+}
 
-// A warp's staging buffer: one pass = up to 32 units (32 blocks, or 4 super-blocks) of a row,
-// at most 32 * 34 bytes (Q8_0), plus the word its start may sit in.
-#define STAGE_WORDS 276
+// Bytes and 32-units of a block of weight type t (K-quants: a 256-element super-block of 8
+// units); 0 bytes for the float types, which are read from global memory directly.
+DEV int block_bytes_of(int t) {
+    return t == T_Q4_0 ? 18 : t == T_Q4_1 ? 20 : t == T_Q5_0 ? 22 : t == T_Q5_1 ? 24 : t == T_Q8_0 ? 34
+         : t == T_MXFP4 ? 17 : t == T_Q4_K ? 144 : t == T_Q5_K ? 176 : t == T_Q6_K ? 210 : 0;
+}
+DEV int units_per_block_of(int t) { return (t == T_Q4_K || t == T_Q5_K || t == T_Q6_K) ? 8 : 1; }
 
-// Copy n bytes of weights to the warp's buffer with 4-byte loads from the aligned word that
-// holds src on (rows of 2-aligned formats start mid-word); returns where src's first byte
-// landed. Consecutive lanes read consecutive words, so a warp's load is one 128-byte line,
-// where a block-per-lane decode reading global memory directly touches six lines per byte.
-// All of a lane's loads are issued before the first store: a store waits for its load, so a
-// load-store loop would pay the memory latency once per word instead of once per pass.
-// Reading up to 3 bytes past a row: weight buffers are allocated with a 16-byte tail.
-DEV const u8* stage_copy(u32* __restrict__ dst, const u8* __restrict__ src, int n, int lane) {
+// Byte offset of unit u in a row of weight type t (0 for the float types: not staged).
+DEV int unit_offset(int t, int u) { return u / units_per_block_of(t) * block_bytes_of(t); }
+
+// Issue the copies of the n bytes at src into slot (16-byte aligned): the granules from the
+// one holding src; src's first byte lands at slot + (src & 15).
+DEV void stage_async(u8* slot, const u8* src, int n, int lane) {
+    if (FMV_ABLATE == 4) return;
     const unsigned long long a = (unsigned long long)src;
-    const u32* s = (const u32*)(a & ~3ull);
-    const int off = (int)(a & 3);
-    const int nw = (off + n + 3) >> 2;
-    if (FMV_ABLATE == 4) return (const u8*)dst + off;
-    u32 v[(STAGE_WORDS + 31) / 32];
-#pragma unroll
-    for (int k = 0; k < (STAGE_WORDS + 31) / 32; ++k) {
-        const int i = lane + 32 * k;
-        if (i < nw) v[k] = __ldg(s + i);
-    }
-#pragma unroll
-    for (int k = 0; k < (STAGE_WORDS + 31) / 32; ++k) {
-        const int i = lane + 32 * k;
-        if (i < nw) dst[i] = v[k];
-    }
-    __syncwarp();
-    return (const u8*)dst + off;
+    const u8* s = (const u8*)(a & ~15ull);
+    const int nc = ((int)(a & 15) + n + 15) >> 4;
+    for (int i = lane; i < nc; i += 32) cp_async16(slot + 16 * i, s + 16 * i);
 }
 
-// This warp's share of one row's dot product: passes part, part + nparts, ... of up to 32
-// units, each staged then decoded one unit per lane; returns the warp's sum (every lane).
+// This warp's share of one row's dot product: units u0 .. u0 + nu - 1, staged at st, one unit
+// per lane (lane, lane + 32, ...); returns the warp's sum (every lane). Float types read their
+// columns part * 32 + lane, ... (stride 32 * nparts) from the row in global memory.
 template <int T>
-DEV float row_part(const u8* __restrict__ r, int K, const float* __restrict__ xs, const float* __restrict__ ss,
-                   u32* stage, int part, int nparts, int lane) {
+DEV float row_part(const u8* __restrict__ row, const u8* __restrict__ st, int u0, int nu, int K,
+                   const float* __restrict__ xs, const float* __restrict__ ss, int part, int nparts, int lane) {
     float acc = 0.f;
-    if (T == T_F32 || T == T_F16 || T == T_BF16) {
+    if constexpr (T == T_F32 || T == T_F16 || T == T_BF16) {
         for (int c = part * 32 + lane; c < K; c += 32 * nparts) {
             float w;
-            if (T == T_F32) w = ((const float*)r)[c];
-            else if (T == T_F16) w = h2f(((const u16*)r)[c]);
-            else w = I2F((u32)((const u16*)r)[c] << 16);
+            if (T == T_F32) w = ((const float*)row)[c];
+            else if (T == T_F16) w = h2f(((const u16*)row)[c]);
+            else w = I2F((u32)((const u16*)row)[c] << 16);
             acc = fmaf(xs[XI(c)], w, acc);
         }
         return warp_sum(acc);
-    }
-    const int nunits = K >> 5;
-    const int upb = units_per_block<T>(), bb = block_bytes<T>();
-    // passes of at most 32 units, whole blocks, spread evenly over the row's warps
-    const int per = min(32, ((nunits + nparts - 1) / nparts + upb - 1) / upb * upb);
-    for (int u0 = part * per; u0 < nunits; u0 += per * nparts) {
-        const int nu = min(per, nunits - u0);
-        const u8* st = stage_copy(stage, r + (i64)(u0 / upb) * bb, nu / upb * bb, lane);
-        if (FMV_ABLATE == 1) {
-            acc += (float)st[lane];  // the staged bytes used, not decoded
-        } else if (lane < nu) {
-            if constexpr (int_dot<T>()) {
+    } else {
+        for (int j = lane; j < nu; j += 32) {
+            if (FMV_ABLATE == 1) {
+                acc += (float)st[j];  // the staged bytes used, not decoded
+            } else if constexpr (int_dot<T>()) {
                 float* base = const_cast<float*>(xs);
-                const int u = u0 + lane;
+                const int u = u0 + j;
                 const uint4* q = (const uint4*)(act_xq(base, K) + 32 * u);
                 const uint4 q0 = q[0], q1 = q[1];
                 const u32 xw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
-                acc += unit_dot_i8<T>(st, lane, xw, act_xd(base, K)[u], act_xsum(base, K)[u], ss[u]);
+                acc += unit_dot_i8<T>(st, j, xw, act_xd(base, K)[u], act_xsum(base, K)[u], ss[u]);
             } else {
-                acc += unit_dot<T>(st, lane, xs + 33 * u0);
+                acc += unit_dot<T>(st, j, xs + 33 * u0);
             }
         }
-        __syncwarp();  // the buffer is rewritten by the next pass
+        return warp_sum(acc);
     }
-    return warp_sum(acc);
 }
 
 // The weight formats whose products take activation kind A (a warp-uniform switch: Q, K and
 // V of one layer may differ in type, e.g. Q5_0 and Q8_0 in Qwen2.5's Q4_K_M mix).
 template <int A>
-DEV float row_part_any(int t, const u8* __restrict__ r, int K, const float* __restrict__ xs,
-                       const float* __restrict__ ss, u32* stage, int part, int nparts, int lane) {
-#define RP(TT) return row_part<TT>(r, K, xs, ss, stage, part, nparts, lane)
+DEV float row_part_any(int t, const u8* __restrict__ row, const u8* __restrict__ st, int u0, int nu, int K,
+                       const float* __restrict__ xs, const float* __restrict__ ss, int part, int nparts, int lane) {
+#define RP(TT) return row_part<TT>(row, st, u0, nu, K, xs, ss, part, nparts, lane)
     if (A == A_Q8_0) {
         if (t == T_Q4_0) RP(T_Q4_0);
         if (t == T_Q5_0) RP(T_Q5_0);
@@ -202,17 +229,173 @@ DEV double warp_sum_d(double v) {
     return v;
 }
 
+// A load_act whose norm weights were copied into xs's slots beforehand (stage_norm: fmv_impl
+// does it before pdl_wait, off the critical path) reads them there.
+DEV void stage_norm(const float* __restrict__ nw, int K, float* xs) {
+    if (nw == nullptr) return;
+    for (int c = threadIdx.x; c < K; c += FMV_THREADS) xs[XI(c)] = nw[c];
+}
+
+// load_act's fast path: each thread holds chunks of 8 consecutive elements in registers
+// (chunk i = tid + 256 j, j < LA_CHUNKS), all loaded at once with 16-byte loads; q8_0 / q8_1
+// blocks are then rounded on 4 lanes each and q8_K super-blocks on a warp each, every block
+// at once, with no round trip through shared memory before the rounding.
+#define LA_CHUNKS 3  // K <= 8 * 256 * 3 = 6144 (Qwen2.5's 4864-wide down projection)
+
+// One q8_K super-block, 8 consecutive elements per lane (lane l: elements 8l .. 8l + 7), rounded
+// as act_q8_k rounds it: the scale comes from the signed element of largest |x|, the first one
+// on ties (ggml's scan). v becomes d * q; the lane's int8 values go to xq[8l ..], each 32-unit's
+// int sum and scale to xsum[u], xd[u] (u = l / 4).
+DEV void round_q8k(float (&v)[8], int lane, i8* xq, int* xsum, float* xd) {
+    float best = -1.f, vmax = 0.f;  // |x|, its index and its signed value
+    int bi = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        if (fabsf(v[k]) > best) {
+            best = fabsf(v[k]);
+            bi = lane * 8 + k;
+            vmax = v[k];
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        const float ov = __shfl_xor_sync(0xffffffffu, vmax, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+            vmax = ov;
+        }
+    }
+    const float iscale = vmax != 0.f ? __fdiv_rn(-127.f, vmax) : 0.f;
+    const float d = vmax != 0.f ? __fdiv_rn(1.f, iscale) : 0.f;
+    int qsum = 0;
+    u32 packed[2] = {0u, 0u};
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const float q = fminf(rintf(__fmul_rn(v[k], iscale)), 127.f) + 0.f;
+        v[k] = __fmul_rn(d, q);
+        packed[k >> 2] |= ((u32)(int)q & 0xffu) << (8 * (k & 3));
+        qsum += (int)q;
+    }
+    *(uint2*)(xq + 8 * lane) = make_uint2(packed[0], packed[1]);
+    // a 32-unit is 4 lanes' 8 elements
+    qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);
+    qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
+    if ((lane & 3) == 0) {
+        xsum[lane >> 2] = qsum;
+        xd[lane >> 2] = d;
+    }
+}
+
+template <int A>
+DEV bool load_act_vec_ok(const float* x, const float* nw, bool nw_staged, int K) {
+    const unsigned long long addr = (unsigned long long)x | (nw_staged || nw == nullptr ? 0ull : (unsigned long long)nw);
+    if ((addr & 15) != 0 || K > 8 * FMV_THREADS * LA_CHUNKS) return false;
+    if (A == A_Q8_K) return K % 256 == 0;
+    return (A == A_Q8_0 || A == A_Q8_1) && K % 32 == 0;
+}
+
 // The product's input into shared memory: x (or RMSNorm(x) * nw: sum of squares in double,
 // scale and products in float32 as the rms_norm kernel), then rounded through activation kind
 // A exactly as act_q8_32 / act_q8_k / act_f16 / act_bf16 round it. ss: q8_1 block sums.
+// nw_staged: nw's values are in xs already (stage_norm).
 template <int A>
 DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K, float* xs,
-                  float* ss) {
+                  float* ss, bool nw_staged = false) {
     __shared__ double redd[FMV_WARPS];
     __shared__ float scale_s;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     if (FMV_ABLATE == 2) {
         for (int c = tid; c < K; c += FMV_THREADS) xs[XI(c)] = x[c];
+        __syncthreads();
+        return;
+    }
+    if (load_act_vec_ok<A>(x, nw, nw_staged, K)) {
+        const int nch = K >> 3;
+        float v[LA_CHUNKS][8];
+#pragma unroll
+        for (int j = 0; j < LA_CHUNKS; ++j) {
+            const int i = tid + FMV_THREADS * j;
+            if (i < nch) {
+                const float4 a = ((const float4*)x)[2 * i], b = ((const float4*)x)[2 * i + 1];
+                v[j][0] = a.x; v[j][1] = a.y; v[j][2] = a.z; v[j][3] = a.w;
+                v[j][4] = b.x; v[j][5] = b.y; v[j][6] = b.z; v[j][7] = b.w;
+            }
+        }
+        if (nw != nullptr) {
+            double acc = 0.0;
+#pragma unroll
+            for (int j = 0; j < LA_CHUNKS; ++j) {
+                if (tid + FMV_THREADS * j < nch) {
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) acc += (double)v[j][k] * (double)v[j][k];
+                }
+            }
+            acc = warp_sum_d(acc);
+            if (lane == 0) redd[warp] = acc;
+            __syncthreads();
+            if (tid == 0) {
+                double t = 0.0;
+                for (int w = 0; w < FMV_WARPS; ++w) t += redd[w];
+                const float mean = (float)(t / (double)K);
+                scale_s = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(mean, eps)));
+            }
+            __syncthreads();
+            const float scale = scale_s;
+#pragma unroll
+            for (int j = 0; j < LA_CHUNKS; ++j) {
+                const int i = tid + FMV_THREADS * j;
+                if (i < nch) {
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) {
+                        const int c = 8 * i + k;
+                        v[j][k] = __fmul_rn(__fmul_rn(v[j][k], scale), nw_staged ? xs[XI(c)] : nw[c]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < LA_CHUNKS; ++j) {
+            const int i = tid + FMV_THREADS * j;
+            if (i - lane >= nch) continue;  // warp-uniform: nch is a multiple of 4 (of 32 for q8_K)
+            const bool on = i < nch;
+            if (A == A_Q8_0 || A == A_Q8_1) {
+                // a 32-block is chunks 4b .. 4b + 3: lanes 4(l/4) .. +3 of this warp
+                float m = 0.f;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) m = fmaxf(m, fabsf(v[j][k]));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+                const float d = __fdiv_rn(m, 127.f);
+                const float inv = m != 0.f ? __fdiv_rn(127.f, m) : 0.f;
+                const float dh = round_f16(d);
+                int qs = 0;
+                u32 packed[2] = {0u, 0u};
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const float q = rintf(__fmul_rn(v[j][k], inv)) + 0.f;
+                    if (on) xs[XI(8 * i + k)] = __fmul_rn(dh, q);
+                    packed[k >> 2] |= ((u32)(int)q & 0xffu) << (8 * (k & 3));
+                    qs += (int)q;
+                }
+                if (on) *(uint2*)(act_xq(xs, K) + 8 * i) = make_uint2(packed[0], packed[1]);
+                qs += __shfl_xor_sync(0xffffffffu, qs, 1);
+                qs += __shfl_xor_sync(0xffffffffu, qs, 2);
+                if (on && (lane & 3) == 0) {
+                    const int blk = i >> 2;
+                    act_xd(xs, K)[blk] = dh;
+                    act_xsum(xs, K)[blk] = qs;
+                    if (A == A_Q8_1) ss[blk] = round_f16(__fmul_rn(d, (float)qs));
+                }
+            } else {
+                // a super-block is the 32 chunks of this warp
+                const int sb = i >> 5;
+                round_q8k(v[j], lane, act_xq(xs, K) + 256 * sb, act_xsum(xs, K) + 8 * sb, act_xd(xs, K) + 8 * sb);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) xs[XI(8 * i + k)] = v[j][k];
+            }
+        }
         __syncthreads();
         return;
     }
@@ -233,7 +416,8 @@ DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, flo
         }
         __syncthreads();
         const float scale = scale_s;
-        for (int c = tid; c < K; c += FMV_THREADS) xs[XI(c)] = __fmul_rn(__fmul_rn(x[c], scale), nw[c]);
+        for (int c = tid; c < K; c += FMV_THREADS)
+            xs[XI(c)] = __fmul_rn(__fmul_rn(x[c], scale), nw_staged ? xs[XI(c)] : nw[c]);
     } else {
         for (int c = tid; c < K; c += FMV_THREADS) xs[XI(c)] = x[c];
     }
@@ -264,43 +448,11 @@ DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, flo
         for (int sb = warp; sb < (K >> 8); sb += FMV_WARPS) {
             float* e = xs + XI(sb * 256 + lane * 8);  // 8 consecutive elements: one 32-unit
             float v[8];
-            float best = -1.f;
-            int bi = 0;
 #pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                v[k] = e[k];
-                if (fabsf(v[k]) > best) {
-                    best = fabsf(v[k]);
-                    bi = lane * 8 + k;
-                }
-            }
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-                if (ob > best || (ob == best && oi < bi)) {
-                    best = ob;
-                    bi = oi;
-                }
-            }
-            const float vmax = __shfl_sync(0xffffffffu, v[bi & 7], bi >> 3);
-            const float iscale = vmax != 0.f ? __fdiv_rn(-127.f, vmax) : 0.f;
-            const float d = vmax != 0.f ? __fdiv_rn(1.f, iscale) : 0.f;
-            i8* xq = act_xq(xs, K) + sb * 256 + lane * 8;
-            int qsum = 0;
+            for (int k = 0; k < 8; ++k) v[k] = e[k];
+            round_q8k(v, lane, act_xq(xs, K) + 256 * sb, act_xsum(xs, K) + 8 * sb, act_xd(xs, K) + 8 * sb);
 #pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const float q = fminf(rintf(__fmul_rn(v[k], iscale)), 127.f) + 0.f;
-                e[k] = __fmul_rn(d, q);
-                xq[k] = (i8)(int)q;
-                qsum += (int)q;
-            }
-            // a 32-unit is 4 lanes' 8 elements: its int sum and the block's scale, per unit
-            qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);
-            qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
-            if ((lane & 3) == 0) {
-                act_xsum(xs, K)[sb * 8 + (lane >> 2)] = qsum;
-                act_xd(xs, K)[sb * 8 + (lane >> 2)] = d;
-            }
+            for (int k = 0; k < 8; ++k) e[k] = v[k];
         }
     }
     __syncthreads();
@@ -326,115 +478,178 @@ DEV void prefetch_bytes(const u8* p, i64 n) {
 #endif
 }
 
-DEV void prefetch_rows(const u8* W, i64 rb, int r0, int r1) {
-    if (W == nullptr || r1 <= r0 || threadIdx.x != 0) return;
-    prefetch_bytes(W + (i64)r0 * rb, (i64)(r1 - r0) * rb);
-}
-
 // Fused decode product, one activation row.
 //   mode 0: up to three weights sharing the input (Q, K, V): y_i = W_i x + b_i
 //   mode 1: y0 = resid + (W0 x + b0)                               (O and down projections)
 //   mode 2: y0 = silu(W0 x) * (W1 x), n0 rows each                  (gate and up)
 //   mode 3: mode 2 with wpr = 2, one warp taking the gate row and one the up row
 // nw != null: the input is RMSNorm(x) * nw first. Types t_i: GGML type ids, all of kind A.
-// wpr warps share a row (split-K for long rows: the down projection has 896 rows of 4864);
-// a block does `iters` rounds of 8 / wpr rows. Partial sums are added in warp order.
+// A block does `iters` rounds of 8 / wpr rows; wpr warps share a row (split-K for long rows:
+// the down projection has 896 rows of 4864), warp part p taking units p * per .. (mode 3:
+// the whole row). Each warp's row segments go through its ring of nst slots of
+// (mode 2 ? 2 : 1) * pass_bytes in dynamic shared memory after the input (act_smem_bytes).
+// Partial sums of a row are added in warp order.
+DEV int act_smem_bytes(int K) {
+    const int u = (K + 31) >> 5;
+    return ((u * 36 + 3) & ~3) * 4 + u * 32;
+}
+
 template <int A>
 DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K, int mode, int iters,
-                  int wpr, const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,
+                  int wpr, int per, int nst, int pass_bytes,
+                  const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,
                   const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,
                   const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2,
                   const float* __restrict__ resid) {
     extern __shared__ __align__(16) float fmv_smem[];
-    __shared__ u32 stage_all[FMV_WARPS][STAGE_WORDS];
-    __shared__ float red_g[FMV_WARPS], red_u[FMV_WARPS];
+    __shared__ float red_g[FMV_RED_ROUNDS][FMV_WARPS], red_u[FMV_RED_ROUNDS][FMV_WARPS];
     float* xs = fmv_smem;
     float* ss = fmv_smem + ((K + 31) >> 5) * 33;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int rows_per_iter = FMV_WARPS / wpr, slot = warp / wpr, part = warp % wpr;
     const int total = mode == 0 ? n0 + n1 + n2 : n0;
-    // The rows of round `it` into L2: the first two rounds while load_act runs, then each
-    // round two ahead (a rolling window, so a head of 145 MB does not flush L2).
+    const int nunits = K >> 5;
+    const int npass = mode == 2 ? 2 : 1;
+    const int u0 = mode == 3 ? 0 : part * per;
+    const int nu = mode == 3 ? nunits : max(0, min(per, nunits - u0));
+    u8* ring = (u8*)fmv_smem + act_smem_bytes(K) + (i64)warp * nst * npass * pass_bytes;
+    // Where this warp's units lie in a row of each weight (bytes from the row's start, and how
+    // many): constant over the rounds, so computed once.
+    const int off0 = unit_offset(t0, u0), len0 = unit_offset(t0, u0 + nu) - off0;
+    const int off1 = unit_offset(t1, u0), len1 = unit_offset(t1, u0 + nu) - off1;
+    const int off2 = unit_offset(t2, u0), len2 = unit_offset(t2, u0 + nu) - off2;
+    const int row0 = blockIdx.x * iters * rows_per_iter + slot;  // this warp's row in round 0
+    // Pass p of the round whose row is rw: which weight (0, 1, 2) and which of its rows.
+    auto seg = [&](int rw, int p, int* r) -> int {
+        *r = rw;
+        if (mode >= 2) return mode == 3 ? part : p;
+        if (rw < n0) return 0;
+        if (rw < n0 + n1) {
+            *r = rw - n0;
+            return 1;
+        }
+        *r = rw - n0 - n1;
+        return 2;
+    };
+    auto row_of = [&](int w, int r) -> const u8* { return w == 0 ? W0 + (i64)r * rb0 : w == 1 ? W1 + (i64)r * rb1 : W2 + (i64)r * rb2; };
+    // Rows past the ring (a head of 151,936 rows) go into L2 one round ahead of their copies:
+    // one bulk prefetch per block and round (its rows are contiguous within a weight).
     auto prefetch_round = [&](int it) {
-        if (it >= iters) return;
+        if (it >= iters || threadIdx.x != 0) return;
         const int lo = (blockIdx.x * iters + it) * rows_per_iter, hi = min(total, lo + rows_per_iter);
+        if (lo >= hi) return;
         if (mode >= 2) {
-            prefetch_rows(W0, rb0, lo, hi);
-            prefetch_rows(W1, rb1, lo, hi);
+            prefetch_bytes(W0 + (i64)lo * rb0, (i64)(hi - lo) * rb0);
+            prefetch_bytes(W1 + (i64)lo * rb1, (i64)(hi - lo) * rb1);
         } else {
-            prefetch_rows(W0, rb0, max(lo, 0), min(hi, n0));
-            prefetch_rows(W1, rb1, max(lo - n0, 0), min(hi - n0, n1));
-            prefetch_rows(W2, rb2, max(lo - n0 - n1, 0), min(hi - n0 - n1, n2));
+            const int a0 = min(lo, n0), a1 = min(hi, n0), c0 = max(lo - n0, 0), c1 = min(max(hi - n0, 0), n1);
+            const int e0 = max(lo - n0 - n1, 0), e1 = min(max(hi - n0 - n1, 0), n2);
+            if (a1 > a0) prefetch_bytes(W0 + (i64)a0 * rb0, (i64)(a1 - a0) * rb0);
+            if (c1 > c0) prefetch_bytes(W1 + (i64)c0 * rb1, (i64)(c1 - c0) * rb1);
+            if (e1 > e0) prefetch_bytes(W2 + (i64)e0 * rb2, (i64)(e1 - e0) * rb2);
         }
     };
-    prefetch_round(0);
-    prefetch_round(1);
-    load_act<A>(x, nw, eps, K, xs, ss);
-    u32* stage = stage_all[warp];
+    // Round it's copies into ring slot sl; one commit group per round, empty or not
+    // (cp_async_wait counts rounds).
+    auto issue = [&](int it, int sl) {
+        const int rw = row0 + it * rows_per_iter;
+        if (it < iters && rw < total) {
+            for (int p = 0; p < npass; ++p) {
+                int r;
+                const int w = seg(rw, p, &r);
+                const int len = w == 0 ? len0 : w == 1 ? len1 : len2;
+                if (len > 0)
+                    stage_async(ring + (sl * npass + p) * pass_bytes, row_of(w, r) + (w == 0 ? off0 : w == 1 ? off1 : off2),
+                                len, lane);
+            }
+        }
+        cp_async_commit();
+    };
+    auto write = [&](int w, int r, float g, float u) {
+        if (mode >= 2) {
+            y0[r] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
+        } else {
+            const float* b = w == 0 ? b0 : w == 1 ? b1 : b2;
+            float* y = w == 0 ? y0 : w == 1 ? y1 : y2;
+            float acc = g;
+            if (b != nullptr) acc = __fadd_rn(acc, b[r]);
+            if (mode == 1) acc = __fadd_rn(resid[r], acc);
+            y[r] = acc;
+        }
+    };
+    pdl_trigger();
+    for (int it = 0; it < nst; ++it) issue(it, it);
+    const bool ahead = iters > nst;  // rounds past the ring: L2 prefetches
+    if (ahead) prefetch_round(nst);
+    stage_norm(nw, K, xs);
+    pdl_wait();
+    load_act<A>(x, nw, eps, K, xs, ss, true);
+    int sl = 0;  // ring slot of round it
     for (int it = 0; it < iters; ++it) {
-        prefetch_round(it + 2);
-        const int row = (blockIdx.x * iters + it) * rows_per_iter + slot;
+        cp_async_wait(nst - 1);  // round it's group has landed (this lane's copies) ...
+        __syncwarp();            // ... and every lane's
+        const int rw = row0 + it * rows_per_iter;
         float g = 0.f, u = 0.f;
-        const u8* W = W0;
-        i64 rb = rb0;
-        int t = t0, r = row;
-        const float* b = b0;
-        float* y = y0;
-        if (row < total) {
-            if (mode == 3) {
-                // gate and up of a row on two warps: each stages one row, their loads overlap
-                if (part == 0) g = row_part_any<A>(t0, W0 + (i64)row * rb0, K, xs, ss, stage, 0, 1, lane);
-                else u = row_part_any<A>(t1, W1 + (i64)row * rb1, K, xs, ss, stage, 0, 1, lane);
-            } else if (mode == 2) {
-                g = row_part_any<A>(t0, W0 + (i64)row * rb0, K, xs, ss, stage, part, wpr, lane);
-                u = row_part_any<A>(t1, W1 + (i64)row * rb1, K, xs, ss, stage, part, wpr, lane);
-            } else {
-                if (r >= n0) {
-                    r -= n0;
-                    if (r < n1) {
-                        W = W1; rb = rb1; t = t1; b = b1; y = y1;
-                    } else {
-                        r -= n1;
-                        W = W2; rb = rb2; t = t2; b = b2; y = y2;
-                    }
-                }
-                g = row_part_any<A>(t, W + (i64)r * rb, K, xs, ss, stage, part, wpr, lane);
+        int r = 0, w = 0;
+        if (rw < total) {
+            for (int p = 0; p < npass; ++p) {
+                w = seg(rw, p, &r);
+                const int t = w == 0 ? t0 : w == 1 ? t1 : t2;
+                const u8* row = row_of(w, r);
+                const u8* st = ring + (sl * npass + p) * pass_bytes +
+                               ((unsigned long long)(row + (w == 0 ? off0 : w == 1 ? off1 : off2)) & 15);
+                const float d = row_part_any<A>(t, row, st, u0, nu, K, xs, ss, mode == 3 ? 0 : part,
+                                                mode == 3 ? 1 : wpr, lane);
+                if ((mode == 3 ? part : p) == 0) g = d;
+                else u = d;
             }
+            if (mode >= 2) w = 0;
         }
-        if (wpr > 1) {
-            if (lane == 0) {
-                red_g[warp] = g;
-                red_u[warp] = u;
+        __syncwarp();  // the slot is free: refill it with round it + nst
+        issue(it + nst, sl);
+        if (ahead) prefetch_round(it + nst + 1);
+        sl = sl + 1 == nst ? 0 : sl + 1;
+        if (wpr == 1) {
+            if (rw < total && lane == 0) write(w, r, g, u);
+        } else if (lane == 0) {
+            red_g[it][warp] = g;
+            red_u[it][warp] = u;
+        }
+    }
+    if (wpr > 1) {
+        __syncthreads();
+        for (int j = threadIdx.x; j < iters * rows_per_iter; j += FMV_THREADS) {
+            const int it = j / rows_per_iter, sl = j % rows_per_iter;
+            const int rw = (blockIdx.x * iters + it) * rows_per_iter + sl;
+            if (rw >= total) continue;
+            float g = red_g[it][sl * wpr], u = red_u[it][sl * wpr];
+            for (int k = 1; k < wpr; ++k) {
+                g += red_g[it][sl * wpr + k];
+                u += red_u[it][sl * wpr + k];
             }
-            __syncthreads();
-            if (part == 0) {
-                for (int k = 1; k < wpr; ++k) {
-                    g += red_g[warp + k];
-                    u += red_u[warp + k];
+            int which = 0, r = rw;
+            if (mode < 2 && rw >= n0) {
+                r = rw - n0;
+                which = 1;
+                if (r >= n1) {
+                    r -= n1;
+                    which = 2;
                 }
             }
-            __syncthreads();
-        }
-        if (row < total && part == 0 && lane == 0) {
-            if (mode >= 2) {
-                y0[row] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
-            } else {
-                float acc = g;
-                if (b != nullptr) acc = __fadd_rn(acc, b[r]);
-                if (mode == 1) acc = __fadd_rn(resid[r], acc);
-                y[r] = acc;
-            }
+            write(which, r, g, u);
         }
     }
 }
 
 #define FMV_INSTANTIATE(A, NAME)                                                                       \
     extern "C" __global__ void __launch_bounds__(FMV_THREADS, 4) fmv_##NAME(                            \
-        const float* x, const float* nw, float eps, int K, int mode, int iters, int wpr,               \
+        const float* x, const float* nw, float eps, int K, int mode, int iters, int wpr, int per,      \
+        int nst, int pass_bytes,                                                                       \
         const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,                             \
         const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,                             \
         const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2, const float* resid) {       \
-        fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, W0, rb0, t0, n0, b0, y0, W1, rb1, t1, n1, b1, y1,  \
+        fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0,      \
+                    W1, rb1, t1, n1, b1, y1,                                                           \
                     W2, rb2, t2, n2, b2, y2, resid);                                                   \
     }
 
@@ -473,6 +688,8 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         const i64 pn[8] = {pn0, pn1, pn2, pn3, pn4, pn5, pn6, pn7};
         if (pf[threadIdx.x] != nullptr) prefetch_bytes(pf[threadIdx.x], pn[threadIdx.x]);
     }
+    pdl_trigger();
+    pdl_wait();
     __shared__ float redf[ATT_THREADS];
     __shared__ double redd[ATT_THREADS];
     const int h = blockIdx.x, tid = threadIdx.x;
@@ -546,55 +763,82 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         sc[t] = acc;
         m = fmaxf(m, acc);
     }
-    redf[tid] = m;
+    // block max and sum: across each warp with shuffles, then the 4 warps' values in order
+    static_assert(ATT_THREADS == 128, "attn_decode reduces over 4 warps");
+    m = warp_max(m);
+    if ((tid & 31) == 0) redf[tid >> 5] = m;
     __syncthreads();
-    for (int o = blockDim.x >> 1; o > 0; o >>= 1) {
-        if (tid < o) redf[tid] = fmaxf(redf[tid], redf[tid + o]);
-        __syncthreads();
-    }
-    m = redf[0];
+    m = fmaxf(fmaxf(redf[0], redf[1]), fmaxf(redf[2], redf[3]));
     double sum = 0.0;
     for (int t = t0 + tid; t < T; t += blockDim.x) {
         float e = expf(__fsub_rn(sc[t], m));
         sc[t] = e;
         sum += (double)e;
     }
-    redd[tid] = sum;
+    sum = warp_sum_d(sum);
+    if ((tid & 31) == 0) redd[tid >> 5] = sum;
     __syncthreads();
-    for (int o = blockDim.x >> 1; o > 0; o >>= 1) {
-        if (tid < o) redd[tid] += redd[tid + o];
-        __syncthreads();
-    }
-    const float inv = (float)(1.0 / redd[0]);
+    const float inv = (float)(1.0 / (((redd[0] + redd[1]) + redd[2]) + redd[3]));
     for (int t = t0 + tid; t < T; t += blockDim.x) sc[t] = round_f16(__fmul_rn(sc[t], inv));
     __syncthreads();
     float* o = out + (i64)h * d;
-    if ((int)blockDim.x >= d) {
-        const int nparts = blockDim.x / d, part = tid / d, c = tid % d;
-        float acc = 0.f;
-        if (part < nparts) {
-            const u16* vr = vc + (i64)kvh * d + c;
-            int t = t0 + part;
-            // eight rows' loads in flight, then their products in the same order as one by one
-            for (; t + 7 * nparts < T; t += 8 * nparts) {
+    const int tpr = d >> 3;  // threads per V row, 8 halves (one 16-byte load) each
+    if ((d & 7) == 0 && tpr <= ATT_THREADS) {
+        // R rows at a time: thread (rg, cg) sums columns 8 cg .. 8 cg + 7 over rows t0 + rg,
+        // t0 + rg + R, ... with four rows' loads in flight; then the R partial rows are added
+        // in order. (The composed path's kernel sums in another order: within float32
+        // rounding of it, tests/cuda checks.)
+        __shared__ float part[ATT_THREADS * 8];
+        const int R = ATT_THREADS / tpr, rg = tid / tpr, cg = tid % tpr;
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (rg < R) {
+            const u16* vr = vc + (i64)kvh * d + 8 * cg;
+            auto row = [&](int t, float pr) {
                 float vv[8];
+                if (t == p) {
 #pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    const int tj = t + j * nparts;
-                    vv[j] = tj == p ? vn[c] : h2f(vr[tj * kv_stride]);
+                    for (int e = 0; e < 8; ++e) vv[e] = vn[8 * cg + e];
+                } else {
+                    const uint4 w = *(const uint4*)(vr + (i64)t * kv_stride);
+                    const u16* hv = (const u16*)&w;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) vv[e] = h2f(hv[e]);
                 }
 #pragma unroll
-                for (int j = 0; j < 8; ++j) acc = fmaf(sc[t + j * nparts], vv[j], acc);
+                for (int e = 0; e < 8; ++e) acc[e] = fmaf(pr, vv[e], acc[e]);
+            };
+            int t = t0 + rg;
+            for (; t + 3 * R < T; t += 4 * R) {
+                // four rows' loads issued before their products (row() reads nothing it writes)
+                uint4 w[4];
+                float pr[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int tj = t + j * R;
+                    pr[j] = sc[tj];
+                    if (tj != p) w[j] = *(const uint4*)(vr + (i64)tj * kv_stride);
+                }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int tj = t + j * R;
+                    if (tj == p) {
+                        row(tj, pr[j]);
+                    } else {
+                        const u16* hv = (const u16*)&w[j];
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) acc[e] = fmaf(pr[j], h2f(hv[e]), acc[e]);
+                    }
+                }
             }
-            for (; t < T; t += nparts) acc = fmaf(sc[t], t == p ? vn[c] : h2f(vr[t * kv_stride]), acc);
+            for (; t < T; t += R) row(t, sc[t]);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) part[rg * d + 8 * cg + e] = acc[e];
         }
         __syncthreads();
-        redf[tid] = acc;
-        __syncthreads();
-        if (tid < d) {
-            float r = redf[tid];
-            for (int pp = 1; pp < nparts; ++pp) r += redf[pp * d + tid];
-            o[tid] = r;
+        for (int c = tid; c < d; c += blockDim.x) {
+            float r = part[c];
+            for (int g = 1; g < R; ++g) r += part[g * d + c];
+            o[c] = r;
         }
     } else {
         for (int c = tid; c < d; c += blockDim.x) {

@@ -104,9 +104,11 @@ DEV float e8m0_half(u32 e) {
 }
 
 DEV float mxfp4_kvalue(u32 q) {
-    // kvalues_mxfp4: E2M1 values doubled, as integers.
-    const int v[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-    return (float)v[q & 15];
+    // kvalues_mxfp4: E2M1 values doubled, as integers: {0, 1, 2, 3, 4, 6, 8, 12}, negated for
+    // q >= 8. Unpacked from nibbles of one constant: a table indexed at run time would live in
+    // local memory.
+    const int m = (int)((0xC8643210u >> (4 * (q & 7))) & 15u);
+    return (float)((q & 8) ? -m : m);
 }
 
 // ---- integer dot products of one 32-element unit with q8_0 / q8_1 / q8_K activations

@@ -1,0 +1,49 @@
+"""worker/backends/pdl.py's ctypes mirror of cuda.h's launch structures, on the CPU.
+
+The layout must be cuda.h's (CUDA 12.0+, x86-64): CUlaunchAttribute is a 4-byte id, 4 bytes
+of padding and a 64-byte union; CUlaunchConfig is seven unsigned ints, then the stream
+handle at the next 8-byte boundary (32), the attribute pointer (40) and their count (48), 56
+bytes in all. A wrong offset would hand the driver a garbage stream or attribute list.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from worker.backends import pdl
+
+
+def test_launch_attribute_layout():
+    assert ctypes.sizeof(pdl.CUlaunchAttribute) == 72
+    assert pdl.CUlaunchAttribute.value.offset == 8
+    a = pdl.programmatic_attribute()
+    assert a.id == 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION in cuda.h
+    raw = ctypes.string_at(ctypes.addressof(a), ctypes.sizeof(a))
+    assert raw[:4] == (6).to_bytes(4, "little") and raw[8:12] == (1).to_bytes(4, "little")
+
+
+def test_launch_config_layout():
+    c = pdl.CUlaunchConfig
+    assert [c.gridDimX.offset, c.blockDimX.offset, c.sharedMemBytes.offset] == [0, 12, 24]
+    assert [c.hStream.offset, c.attrs.offset, c.numAttrs.offset, ctypes.sizeof(c)] == [32, 40, 48, 56]
+
+
+def test_kernel_args_keep_their_width():
+    # what the launcher reads of a CuPy array is its .data.ptr; NumPy scalars keep their width
+    dev = SimpleNamespace(data=SimpleNamespace(ptr=0x7F00_0000_1234))
+    args = (dev, np.int32(-3), np.int64(1 << 40), np.uint64(0), np.float32(0.5))
+    buf, params = pdl.pack_args(args)
+    assert len(params) == len(args)
+    got = [ctypes.c_uint64, ctypes.c_int32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_float]
+    for p, ctype, a in zip(params, got, args, strict=True):
+        assert ctypes.addressof(buf) <= p < ctypes.addressof(buf) + len(buf)
+        value = ctype.from_address(p).value
+        assert value == (0x7F00_0000_1234 if a is dev else a.item())
+    with pytest.raises(TypeError, match="float64"):
+        pdl.pack_args((np.float64(1.0),))
+    with pytest.raises(TypeError, match="int"):
+        pdl.pack_args((3,))
