@@ -284,3 +284,29 @@ def test_programmatic_launch_bit_identical_to_plain(gpu, tiny_models):
     for ids, lgs in runs[1:]:
         assert ids == runs[0][0]
         assert all(bits_equal(a, b) for a, b in zip(lgs, runs[0][1], strict=True))
+
+
+def test_graph_decoder_step_queued_ahead_is_redone_for_another_input(gpu, tiny_models):
+    # greedy() queues step pos + 1 with the device's argmax as input; a caller that then asks
+    # for another token at pos + 1 (or for logits) must get that token's step, as eager does.
+    cfg, ad = _load(tiny_models["qwen25-shape"], gpu)
+    prompt = np.random.default_rng(8).integers(0, cfg.vocab_size, 6)
+    other = np.random.default_rng(9).integers(0, cfg.vocab_size, 8)
+    cache_e, logits = _prefill(ad, prompt, 30)
+    cache_g, _ = _prefill(ad, prompt, 30)
+    dec = ad.decoder(cache_g)
+    tok, pos, ids_e, ids_g = int(np.argmax(logits)), 6, [], []
+    for i in range(8):
+        lg = ad.forward(np.array([tok]), pos, cache_e)
+        ids_e.append(int(np.argmax(lg)))
+        ids_g.append(dec.greedy(tok, pos))
+        # every other step continues with a token of our own instead of the argmax
+        tok = int(other[i]) if i % 2 else ids_e[-1]
+        pos += 1
+    lg_g = dec.logits(tok, pos)
+    lg_e = ad.forward(np.array([tok]), pos, cache_e)
+    dec.close()
+    for c in (cache_e, cache_g):
+        gpu.free_kv_cache(c)
+    assert ids_g == ids_e
+    assert bits_equal(lg_g, lg_e)

@@ -1137,6 +1137,13 @@ class GraphDecoder(Decoder):
     with the host per token. Intermediate arrays come from a pool that only this decoder uses,
     so the addresses baked into the graph stay valid until close(). If capture fails, the
     decoder keeps running the step eagerly (same kernels, same results) and logs why.
+
+    Greedy steps run one ahead: once step pos is queued, greedy() queues a copy of its argmax
+    to pinned host memory and then step pos + 1 (whose input, that argmax, is already on the
+    device) before it waits for the copy. The GPU computes the next token while the caller
+    turns this one into text. If the caller asks for anything else next (another token or
+    position, logits), that step is queued again with the caller's input, overwriting what
+    the speculative one wrote; at most one unused step runs at the end of a job.
     """
 
     def __init__(self, backend: CupyBackend, adapter: Any, cache: KVCache) -> None:
@@ -1157,6 +1164,12 @@ class GraphDecoder(Decoder):
         self.eager = False  # set when capture failed
         self.capturing = False
         self._dev: tuple[int | None, int | None] = (None, None)  # (token, position) the device holds
+        # the step queued ahead by greedy(): (its position, its input token)
+        self._ahead: tuple[int, int] | None = None
+        with backend._device:
+            self._host_next = cp.cuda.alloc_pinned_memory(8)  # argmax of steps pos (even, odd)
+            self._copied = [cp.cuda.Event(disable_timing=True) for _ in range(2)]
+        self._host_view = np.frombuffer(self._host_next, dtype=np.int32, count=2)
 
     def pool_used(self) -> int:
         return int(self.pool.used_bytes()) if self.pool is not None else 0
@@ -1228,13 +1241,30 @@ class GraphDecoder(Decoder):
         self.graph.launch(self.stream)
 
     def greedy(self, token: int, pos: int) -> int:
-        self._launch(token, pos)
+        if self._ahead != (pos, token):  # not queued ahead (or with another input): queue it
+            self._ahead = None
+            self._launch(token, pos)
+        slot = pos & 1
         with self.be._device:
-            nxt = int(self.next_d.get(stream=self.stream)[0])
-        self._dev = (nxt, pos + 1)
+            cp.cuda.runtime.memcpyAsync(
+                self._host_next.ptr + 4 * slot, self.next_d.data.ptr, 4, cp.cuda.runtime.memcpyDeviceToHost,
+                self.stream.ptr,
+            )
+            self._copied[slot].record(self.stream)
+            ahead = self.graph is not None and pos + 2 <= self.cache.capacity
+            if ahead:  # step pos + 1, its input the argmax the device holds
+                self.graph.launch(self.stream)
+                self.steps += 1
+            self._copied[slot].synchronize()
+        nxt = int(self._host_view[slot])
+        if ahead:
+            self._ahead, self._dev = (pos + 1, nxt), (None, pos + 2)
+        else:
+            self._dev = (nxt, pos + 1)
         return nxt
 
     def logits(self, token: int, pos: int) -> np.ndarray:
+        self._ahead = None
         self._launch(token, pos)
         with self.be._device:
             out = cp.asnumpy(self.logits_d[0], stream=self.stream)
@@ -1249,6 +1279,7 @@ class GraphDecoder(Decoder):
             self.stream.synchronize()
             self.graph = self.logits_d = None
             self.state = self.scores = self.tok_d = self.pos_d = self.next_d = None
+            self._ahead = None
             self.pool.free_all_blocks()
         self.pool = None
         self.be._decoders.discard(self)
