@@ -7,7 +7,8 @@ The CUDA module is compiled once per FMV_ABLATE variant (decode.cu): 0 as the wo
 it, 1 without the dot products' arithmetic, 2 without the input's norm and rounding, 3
 without the attention kernel's L2 prefetches, 4 without weight loads. "plain launches" is
 variant 0 without programmatic dependent launch (pdl.py); "N blocks/SM" sizes the product
-grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM.
+grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM;
+"wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
 every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
 repeating one layer) and timed with events; the whole decode graph is timed too. The
@@ -34,16 +35,21 @@ import cupy as cp  # noqa: E402
 from worker.backends import cupy_backend as cb  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
-# label -> (FMV_ABLATE, programmatic dependent launch, product blocks per multiprocessor)
+# label -> (FMV_ABLATE, programmatic dependent launch, product blocks per multiprocessor,
+# fmv_plan's caps on warps per row and rows per warp)
+B = cb.FMV_BLOCKS_PER_SM
 VARIANTS = {
-    "as shipped": (0, True, cb.FMV_BLOCKS_PER_SM),
-    "plain launches": (0, False, cb.FMV_BLOCKS_PER_SM),
-    "2 blocks/SM": (0, True, 2),
-    "1 block/SM": (0, True, 1),
-    "no dot arithmetic": (1, True, cb.FMV_BLOCKS_PER_SM),
-    "no norm/rounding": (2, True, cb.FMV_BLOCKS_PER_SM),
-    "no L2 prefetch": (3, True, cb.FMV_BLOCKS_PER_SM),
-    "no weight loads": (4, True, cb.FMV_BLOCKS_PER_SM),
+    "as shipped": (0, True, B, (4, 4)),
+    "plain launches": (0, False, B, (4, 4)),
+    "2 blocks/SM": (0, True, 2, (4, 4)),
+    "1 block/SM": (0, True, 1, (4, 4)),
+    "wpr<=2": (0, True, B, (2, 4)),
+    "rpw<=2": (0, True, B, (4, 2)),
+    "rpw=1": (0, True, B, (4, 1)),
+    "no dot arithmetic": (1, True, B, (4, 4)),
+    "no norm/rounding": (2, True, B, (4, 4)),
+    "no L2 prefetch": (3, True, B, (4, 4)),
+    "no weight loads": (4, True, B, (4, 4)),
 }
 
 
@@ -100,11 +106,12 @@ def main() -> int:
     prompt = rng.integers(0, cfg.vocab_size, 16)
     res: dict[str, dict[str, float]] = {}
     for label in chosen:
-        v, use_pdl, bps = VARIANTS[label]
+        v, use_pdl, bps, caps = VARIANTS[label]
         be._module = module(v)
         be._functions.clear()
         be._pdl = pdl if use_pdl else None
         be._fmv_blocks_per_sm = bps
+        be._fmv_caps = caps
         row = {k: time_graph(fn) / (1 if k == "head" else n) for k, fn in steps.items()}
         cache = ad.new_cache(16 + 64)
         ad.forward(prompt, 0, cache)

@@ -119,6 +119,63 @@ def test_fused_products_match_composed(gpu, qtype, n):
     assert rel(h, Backend.norm_swiglu(gpu, xd, nd, 1e-6, None, ws[0])) < 1e-5
 
 
+INT_DOT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q6_K]
+
+
+@pytest.mark.parametrize("qtype", INT_DOT_TYPES, ids=lambda t: t.name)
+def test_fused_products_several_rows_per_warp(gpu, qtype):
+    """Products with enough rows for warps to take 4 or 2 rows a round (fmv_plan's rpw, the
+    head and gate/up of real models) against the composed path and NumPy."""
+    from worker.backends.cupy_backend import fmv_plan
+
+    n_in = 512 if qtype in K_TYPES else 384
+    sizes = {"head": 8448, "gate/up": 4224, "o": 2112}
+    src = _weights(qtype, [(sizes["head"], n_in), (sizes["gate/up"], n_in), (sizes["gate/up"], n_in),
+                           (sizes["o"], n_in)], 200 + int(qtype))  # fmt: skip
+    ref = NumpyBackend()
+    rng = np.random.default_rng(300 + int(qtype))
+    x = rng.standard_normal((1, n_in), dtype=np.float32) * 3
+    norm = rng.standard_normal(n_in, dtype=np.float32)
+    ws = [gpu.matrix(src, f"w{i}") for i in range(4)]
+    wn = [ref.matrix(src, f"w{i}") for i in range(4)]
+    xd, nd = cp.asarray(x), cp.asarray(norm)
+
+    def rpw(mode, rows):
+        total = sum(rows) if mode == 0 else rows[0]
+        plan = fmv_plan(n_in, mode, total, tuple(int(qtype) for _ in rows), gpu._sm_count, gpu._fmv_smem_max,
+                        gpu._fmv_blocks_per_sm, gpu._smem_per_sm, rows)  # fmt: skip
+        return plan.rpw
+
+    if gpu._sm_count == 132:  # the H100 these sizes were chosen for
+        assert (rpw(0, (8448,)), rpw(2, (4224, 4224)), rpw(1, (2112,))) == (4, 4, 2)
+    (head,) = gpu.norm_linears(xd, nd, 1e-6, [ws[0]], [None])
+    assert rel(head, Backend.norm_linears(gpu, xd, nd, 1e-6, [ws[0]], [None])[0]) < 1e-5
+    assert rel(head, ref.norm_linears(x, norm, 1e-6, [wn[0]], [None])[0]) < 1e-5
+    g = gpu.norm_swiglu(xd, nd, 1e-6, ws[1], ws[2])
+    assert rel(g, Backend.norm_swiglu(gpu, xd, nd, 1e-6, ws[1], ws[2])) < 1e-5
+    assert rel(g, ref.norm_swiglu(x, norm, 1e-6, wn[1], wn[2])) < 1e-5
+    resid = cp.asarray(rng.standard_normal((1, sizes["o"]), dtype=np.float32))
+    y = gpu.linear_add(xd, ws[3], resid)
+    assert rel(y, Backend.linear_add(gpu, xd, ws[3], resid)) < 1e-5
+    assert rel(y, ref.linear_add(x, wn[3], cp.asnumpy(resid))) < 1e-5
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q8_0, T.Q5_K, T.MXFP4], ids=lambda t: t.name)
+def test_fused_product_rows_split_over_warps(gpu, qtype):
+    """A down projection's long rows (4,864 columns, Qwen2.5-0.5B's), split over several warps
+    of a block, against the composed path and NumPy."""
+    n_in, n_out = 4864, 896
+    src = _weights(qtype, [(n_out, n_in)], 400 + int(qtype))
+    ref = NumpyBackend()
+    rng = np.random.default_rng(500 + int(qtype))
+    x = rng.standard_normal((1, n_in), dtype=np.float32)
+    resid = rng.standard_normal((1, n_out), dtype=np.float32)
+    w, wn = gpu.matrix(src, "w0"), ref.matrix(src, "w0")
+    y = gpu.linear_add(cp.asarray(x), w, cp.asarray(resid))
+    assert rel(y, Backend.linear_add(gpu, cp.asarray(x), w, cp.asarray(resid))) < 1e-5
+    assert rel(y, ref.linear_add(x, wn, resid)) < 1e-5
+
+
 @pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape"])
 @pytest.mark.parametrize("q_scale", [None, 0.125])
 def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale):

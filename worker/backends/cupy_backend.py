@@ -87,6 +87,8 @@ KERNEL_SUFFIX = {
 Q8_1_TYPES = frozenset({3, 7})  # Q4_1, Q5_1: offset formats whose products use q8_1 block sums
 FLOAT_TYPES = frozenset({0, 1, 30})  # F32, F16, BF16
 K_QUANT_TYPES = frozenset({12, 13, 14})  # Q4_K, Q5_K, Q6_K: 256-element super-blocks
+# formats whose decode products sum in integers (decode.cu's int_dot)
+INT_DOT_TYPES = frozenset({2, 3, 6, 7, 8, 12, 14})
 
 # Scratch bound (float32 elements) for the prefill dequantized-weight chunks and the
 # attention score buffer: 64 MiB each.
@@ -120,11 +122,13 @@ def fmv_smem(k: int) -> int:
 @dataclass(frozen=True)
 class FmvPlan:
     """How fmv_* splits a product (decode.cu's fmv_impl): mode (2 becomes 3 when gate and up
-    rows go to two warps), wpr warps per row, per units per warp, iters rounds of 8 / wpr rows
-    per block, grid blocks, nst ring slots per warp of npass * pass_bytes, smem in all."""
+    rows go to two warps), wpr warps per row, rpw rows per warp and round, per units per
+    warp, iters rounds of 8 / wpr * rpw rows per block, grid blocks, nst ring slots per warp
+    of npass * pass_bytes, smem in all."""
 
     mode: int
     wpr: int
+    rpw: int
     per: int
     iters: int
     grid: int
@@ -134,30 +138,54 @@ class FmvPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def fmv_plan(k: int, mode: int, total: int, type_ids: tuple[int, ...], sm_count: int, smem_max: int,
-             blocks_per_sm: int = FMV_BLOCKS_PER_SM, smem_per_sm: int = 0) -> FmvPlan | None:
+def fmv_plan(
+    k: int,
+    mode: int,
+    total: int,
+    type_ids: tuple[int, ...],
+    sm_count: int,
+    smem_max: int,
+    blocks_per_sm: int = FMV_BLOCKS_PER_SM,
+    smem_per_sm: int = 0,
+    seg_rows: tuple[int, ...] = (),
+    wpr_max: int = 4,
+    rpw_max: int = 4,
+) -> FmvPlan | None:
     """The split of one fused product, or None when one ring slot per warp does not fit.
     smem_per_sm (when known): fewer ring slots, so that blocks_per_sm blocks fit on one
-    multiprocessor (each also takes ~1 KiB of static and 1 KiB of reserved shared memory)."""
+    multiprocessor (each also takes ~1 KiB of static and 1 KiB of reserved shared memory).
+    seg_rows: each weight's row count, given when the rows are contiguous whole blocks; then
+    warps that take whole rows of integer-dot formats take 4 or 2 at a time (rpw), as long
+    as every weight's row count divides by it and the grid still covers every multiprocessor.
+    wpr_max, rpw_max: caps on both (bench/gpu_decode_ablation.py's variants)."""
     units = k // 32
     # split long rows over several warps of a block (the down projection: 896 rows of 4864)
-    wpr = 8 if units >= 128 else 4 if units >= 64 else 2 if units >= 40 else 1
+    # (4 and not 8 warps for 128 units or more: bench/gpu_decode_ablation.py's "wpr<=4" took
+    # the 4864-wide down projection from 9.1 to 8.1 µs on the H100)
+    wpr = min(wpr_max, 4 if units >= 64 else 2 if units >= 40 else 1)
     if mode == 2 and wpr == 1:
         mode, wpr = 3, 2  # gate and up rows on two warps
     upb = 8 if any(t in K_QUANT_TYPES for t in type_ids) else 1
     per = units if mode == 3 else -(-math.ceil(units / wpr) // upb) * upb
+    rows_base = FMV_WARPS // wpr
+    rpw = 1
+    if seg_rows and (mode == 3 or (wpr == 1 and mode in (0, 1))) and all(t in INT_DOT_TYPES for t in type_ids):
+        for r in (4, 2):
+            if r <= rpw_max and all(n % r == 0 for n in seg_rows) and total // (rows_base * r) >= sm_count:
+                rpw = r
+                break
     seg_bytes = 0
     for t in type_ids:
         fmt = get_format(t)
         if t not in FLOAT_TYPES:  # float rows are read from global memory, not staged
-            seg_bytes = max(seg_bytes, per * 32 // fmt.block_size * fmt.type_size)
+            seg_bytes = max(seg_bytes, rpw * per * 32 // fmt.block_size * fmt.type_size)
     # 16-byte copies from the granule holding the first byte: up to 15 bytes more
     pass_bytes = (seg_bytes + 15 + 15) // 16 * 16
     npass = 2 if mode == 2 else 1
-    rows_per_iter = FMV_WARPS // wpr
+    rows_per_iter = rows_base * rpw
     iters = max(1, -(-total // (sm_count * blocks_per_sm * rows_per_iter)))
     if wpr > 1:
-        iters = min(iters, FMV_RED_ROUNDS)
+        iters = min(iters, FMV_RED_ROUNDS // rpw)
     grid = -(-total // (rows_per_iter * iters))
     ring = FMV_WARPS * npass * pass_bytes
     nst = min(iters, FMV_NST_MAX, (smem_max - fmv_smem(k)) // ring)
@@ -165,7 +193,7 @@ def fmv_plan(k: int, mode: int, total: int, type_ids: tuple[int, ...], sm_count:
         return None
     if smem_per_sm:
         nst = max(1, min(nst, (smem_per_sm // blocks_per_sm - 2048 - fmv_smem(k)) // ring))
-    return FmvPlan(mode, wpr, per, iters, grid, nst, pass_bytes, fmv_smem(k) + nst * ring)
+    return FmvPlan(mode, wpr, rpw, per, iters, grid, nst, pass_bytes, fmv_smem(k) + nst * ring)
 
 
 CUDA_MEMORY_TYPE_DEVICE = 2  # cudaMemoryTypeDevice
@@ -310,6 +338,7 @@ class CupyBackend(Backend):
                 log.warning("fused kernels keep the default shared memory limit: %s", exc)
             self._dummy_i = cp.zeros(1, dtype=cp.int32)
             self._fmv_blocks_per_sm = FMV_BLOCKS_PER_SM
+            self._fmv_caps = (4, 4)  # fmv_plan's wpr_max, rpw_max
             # decode kernels launched with programmatic dependent launch (sm_90; pdl.py), unless
             # WORKER_CUDA_PDL=0 (an A/B switch for bench/gpu_decode_ablation.py)
             self._pdl: PdlLauncher | None = None
@@ -1003,14 +1032,18 @@ class CupyBackend(Backend):
     ) -> None:
         k = int(x.shape[1])
         total = segs[0][3] if mode else sum(sg[3] for sg in segs)
+        # rows of each weight back to back, whole blocks: several rows per warp may be staged
+        # as one run of bytes (fmv_plan's seg_rows)
+        whole = all(rb * get_format(t).block_size == k * get_format(t).type_size for _, rb, t, _ in segs)
         plan = fmv_plan(k, mode, total, tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
-                        self._fmv_blocks_per_sm, self._smem_per_sm)  # fmt: skip
+                        self._fmv_blocks_per_sm, self._smem_per_sm,
+                        tuple(sg[3] for sg in segs) if whole else (), *self._fmv_caps)  # fmt: skip
         if plan is None:  # _shared_input checked the input's part; a ring slot did not fit
             raise RuntimeError(f"fused product of {k} columns does not fit shared memory")
         nw = NULL if norm is None else norm
         args: list[Any] = [
             x, nw, np.float32(eps), np.int32(k), np.int32(plan.mode), np.int32(plan.iters), np.int32(plan.wpr),
-            np.int32(plan.per), np.int32(plan.nst), np.int32(plan.pass_bytes),
+            np.int32(plan.rpw), np.int32(plan.per), np.int32(plan.nst), np.int32(plan.pass_bytes),
         ]  # fmt: skip
         for i in range(3):
             if i < len(segs):

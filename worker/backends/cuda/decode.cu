@@ -224,6 +224,78 @@ DEV float row_part_any(int t, const u8* __restrict__ row, const u8* __restrict__
     return __int_as_float(0x7fc00000);  // a type the host should not have sent here: NaN shows it
 }
 
+// rpw (2 or 4) consecutive rows of one integer-dot format, staged back to back at st, taken
+// as one row of rpw * nu units: unit g = q * nu + j is unit j of row q (a row is whole blocks,
+// so the next row's units follow without a gap). Lane l takes units l, l + 32, ... and keeps
+// a sum per row; then lanes swap half their rows across the warp's halves (and quarters, for
+// 4 rows) before the usual xor tree. Returns this lane's sum: the total of row
+// rows_dot_row(lane, rpw) on the lanes where rows_dot_holds(lane, rpw).
+DEV int rows_dot_row(int lane, int rpw) { return rpw == 4 ? (lane >> 4) * 2 + ((lane >> 3) & 1) : lane >> 4; }
+DEV bool rows_dot_holds(int lane, int rpw) { return (lane & (rpw == 4 ? 7 : 15)) == 0; }
+
+template <int T>
+DEV float rows_dot(const u8* __restrict__ st, int rpw, int nu, int K, const float* __restrict__ xs,
+                   const float* __restrict__ ss, int lane) {
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+    if constexpr (int_dot<T>()) {
+        float* base = const_cast<float*>(xs);
+        const i8* xq = act_xq(base, K);
+        const float* xd = act_xd(base, K);
+        const int* xsum = act_xsum(base, K);
+        int q = lane / nu, j = lane - q * nu;
+        for (int g = lane; g < rpw * nu; g += 32) {
+            const uint4* qp = (const uint4*)(xq + 32 * j);
+            const uint4 q0 = qp[0], q1 = qp[1];
+            const u32 xw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+            const float d = FMV_ABLATE == 1 ? (float)st[g] : unit_dot_i8<T>(st, g, xw, xd[j], xsum[j], ss[j]);
+            a0 += q == 0 ? d : 0.f;
+            a1 += q == 1 ? d : 0.f;
+            a2 += q == 2 ? d : 0.f;
+            a3 += q == 3 ? d : 0.f;
+            j += 32;
+            while (j >= nu) {
+                j -= nu;
+                ++q;
+            }
+        }
+    }
+    const bool hi = lane & 16;
+    float v;
+    if (rpw == 4) {
+        // rows 0, 1 to lanes 0-15 and rows 2, 3 to lanes 16-31; then row 0 / 2 to lanes with
+        // bit 3 clear, row 1 / 3 to the others
+        const float s0 = __shfl_xor_sync(0xffffffffu, hi ? a0 : a2, 16);
+        const float s1 = __shfl_xor_sync(0xffffffffu, hi ? a1 : a3, 16);
+        const float v0 = (hi ? a2 : a0) + s0, v1 = (hi ? a3 : a1) + s1;
+        const bool h8 = lane & 8;
+        v = (h8 ? v1 : v0) + __shfl_xor_sync(0xffffffffu, h8 ? v0 : v1, 8);
+        for (int o = 4; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    } else {
+        v = (hi ? a1 : a0) + __shfl_xor_sync(0xffffffffu, hi ? a0 : a1, 16);
+        for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+template <int A>
+DEV float rows_dot_any(int t, const u8* __restrict__ st, int rpw, int nu, int K, const float* __restrict__ xs,
+                       const float* __restrict__ ss, int lane) {
+#define RD(TT) return rows_dot<TT>(st, rpw, nu, K, xs, ss, lane)
+    if (A == A_Q8_0) {
+        if (t == T_Q4_0) RD(T_Q4_0);
+        if (t == T_Q5_0) RD(T_Q5_0);
+        if (t == T_Q8_0) RD(T_Q8_0);
+    } else if (A == A_Q8_1) {
+        if (t == T_Q4_1) RD(T_Q4_1);
+        if (t == T_Q5_1) RD(T_Q5_1);
+    } else if (A == A_Q8_K) {
+        if (t == T_Q4_K) RD(T_Q4_K);
+        if (t == T_Q6_K) RD(T_Q6_K);
+    }
+#undef RD
+    return __int_as_float(0x7fc00000);  // the host sends rpw > 1 only for these formats
+}
+
 DEV double warp_sum_d(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -496,7 +568,7 @@ DEV int act_smem_bytes(int K) {
 
 template <int A>
 DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K, int mode, int iters,
-                  int wpr, int per, int nst, int pass_bytes,
+                  int wpr, int rpw, int per, int nst, int pass_bytes,
                   const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,
                   const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,
                   const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2,
@@ -506,7 +578,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     float* xs = fmv_smem;
     float* ss = fmv_smem + ((K + 31) >> 5) * 33;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int rows_per_iter = FMV_WARPS / wpr, slot = warp / wpr, part = warp % wpr;
+    const int rows_per_iter = FMV_WARPS / wpr * rpw, slot = warp / wpr, part = warp % wpr;
     const int total = mode == 0 ? n0 + n1 + n2 : n0;
     const int nunits = K >> 5;
     const int npass = mode == 2 ? 2 : 1;
@@ -518,7 +590,9 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     const int off0 = unit_offset(t0, u0), len0 = unit_offset(t0, u0 + nu) - off0;
     const int off1 = unit_offset(t1, u0), len1 = unit_offset(t1, u0 + nu) - off1;
     const int off2 = unit_offset(t2, u0), len2 = unit_offset(t2, u0 + nu) - off2;
-    const int row0 = blockIdx.x * iters * rows_per_iter + slot;  // this warp's row in round 0
+    // this warp's (first) row in round 0; rpw > 1: rows rw .. rw + rpw - 1 of one weight (the
+    // host checks that every weight's row count is a multiple of rpw)
+    const int row0 = blockIdx.x * iters * rows_per_iter + slot * rpw;
     // Pass p of the round whose row is rw: which weight (0, 1, 2) and which of its rows.
     auto seg = [&](int rw, int p, int* r) -> int {
         *r = rw;
@@ -557,7 +631,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
             for (int p = 0; p < npass; ++p) {
                 int r;
                 const int w = seg(rw, p, &r);
-                const int len = w == 0 ? len0 : w == 1 ? len1 : len2;
+                const int len = (w == 0 ? len0 : w == 1 ? len1 : len2) * rpw;
                 if (len > 0)
                     stage_async(ring + (sl * npass + p) * pass_bytes, row_of(w, r) + (w == 0 ? off0 : w == 1 ? off1 : off2),
                                 len, lane);
@@ -598,8 +672,9 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
                 const u8* row = row_of(w, r);
                 const u8* st = ring + (sl * npass + p) * pass_bytes +
                                ((unsigned long long)(row + (w == 0 ? off0 : w == 1 ? off1 : off2)) & 15);
-                const float d = row_part_any<A>(t, row, st, u0, nu, K, xs, ss, mode == 3 ? 0 : part,
-                                                mode == 3 ? 1 : wpr, lane);
+                const float d = rpw > 1 ? rows_dot_any<A>(t, st, rpw, nu, K, xs, ss, lane)
+                                        : row_part_any<A>(t, row, st, u0, nu, K, xs, ss, mode == 3 ? 0 : part,
+                                                          mode == 3 ? 1 : wpr, lane);
                 if ((mode == 3 ? part : p) == 0) g = d;
                 else u = d;
             }
@@ -609,23 +684,26 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         issue(it + nst, sl);
         if (ahead) prefetch_round(it + nst + 1);
         sl = sl + 1 == nst ? 0 : sl + 1;
+        // the lanes holding a row's sum: lane 0, or with rpw > 1 one lane per row
+        const bool holds = rpw > 1 ? rows_dot_holds(lane, rpw) : lane == 0;
+        const int q = rpw > 1 ? rows_dot_row(lane, rpw) : 0;
         if (wpr == 1) {
-            if (rw < total && lane == 0) write(w, r, g, u);
-        } else if (lane == 0) {
-            red_g[it][warp] = g;
-            red_u[it][warp] = u;
+            if (rw < total && holds) write(w, r + q, g, u);
+        } else if (holds) {
+            red_g[it * rpw + q][warp] = g;
+            red_u[it * rpw + q][warp] = u;
         }
     }
     if (wpr > 1) {
         __syncthreads();
         for (int j = threadIdx.x; j < iters * rows_per_iter; j += FMV_THREADS) {
-            const int it = j / rows_per_iter, sl = j % rows_per_iter;
-            const int rw = (blockIdx.x * iters + it) * rows_per_iter + sl;
+            const int it = j / rows_per_iter, sr = j % rows_per_iter, sl = sr / rpw, q = sr % rpw;
+            const int rw = (blockIdx.x * iters + it) * rows_per_iter + sr;
             if (rw >= total) continue;
-            float g = red_g[it][sl * wpr], u = red_u[it][sl * wpr];
+            float g = red_g[it * rpw + q][sl * wpr], u = red_u[it * rpw + q][sl * wpr];
             for (int k = 1; k < wpr; ++k) {
-                g += red_g[it][sl * wpr + k];
-                u += red_u[it][sl * wpr + k];
+                g += red_g[it * rpw + q][sl * wpr + k];
+                u += red_u[it * rpw + q][sl * wpr + k];
             }
             int which = 0, r = rw;
             if (mode < 2 && rw >= n0) {
@@ -643,12 +721,12 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
 
 #define FMV_INSTANTIATE(A, NAME)                                                                       \
     extern "C" __global__ void __launch_bounds__(FMV_THREADS, 4) fmv_##NAME(                            \
-        const float* x, const float* nw, float eps, int K, int mode, int iters, int wpr, int per,      \
-        int nst, int pass_bytes,                                                                       \
+        const float* x, const float* nw, float eps, int K, int mode, int iters, int wpr, int rpw,      \
+        int per, int nst, int pass_bytes,                                                              \
         const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,                             \
         const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,                             \
         const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2, const float* resid) {       \
-        fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0,      \
+        fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0, \
                     W1, rb1, t1, n1, b1, y1,                                                           \
                     W2, rb2, t2, n2, b2, y2, resid);                                                   \
     }
