@@ -1111,9 +1111,9 @@ class CupyBackend(Backend):
         chunk = -(-n // blocks)
         pv = cp.empty(blocks, dtype=cp.float32)
         pi = cp.empty(blocks, dtype=cp.int32)
-        self._fn("argmax_partial")((blocks,), (256,), (logits, np.int32(n), np.int32(chunk), pv, pi))
-        self._fn("argmax_step")(
-            (1,), (256,),
+        self._launch_dep("argmax_partial", blocks, 256, (logits, np.int32(n), np.int32(chunk), pv, pi))
+        self._launch_dep(
+            "argmax_step", 1, 256,
             (pv, pi, np.int32(blocks), next_d, NULL if tok_d is None else tok_d, NULL if pos_d is None else pos_d),
         )  # fmt: skip
 

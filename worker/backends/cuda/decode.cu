@@ -942,6 +942,8 @@ extern "C" __global__ void __launch_bounds__(256) argmax_partial(const float* __
                                                                  float* __restrict__ pv, int* __restrict__ pi) {
     __shared__ float bv[256];
     __shared__ int bi[256];
+    pdl_trigger();
+    pdl_wait();
     const int tid = threadIdx.x;
     const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
     float best = 0.f;
@@ -975,6 +977,8 @@ extern "C" __global__ void __launch_bounds__(256) argmax_step(const float* __res
                                                               int m, int* next, int* tok, int* pos) {
     __shared__ float bv[256];
     __shared__ int bi[256];
+    pdl_trigger();
+    pdl_wait();
     const int tid = threadIdx.x;
     float best = 0.f;
     int idx = -1;
