@@ -5,10 +5,13 @@ Correctness first; speed is a later step. What it does:
   CuPy's pool hands out 512-byte aligned blocks), and are never expanded to float32 in
   device memory at rest. Embedding rows are dequantized on lookup; a tied output head shares
   the embedding's device buffer.
-- Decode products (one activation row) run a fused dequantize x vector kernel, one warp per
-  output row. Products with n > 1 rows (prefill) dequantize the weight to a float32 scratch
-  in row chunks and call cuBLAS SGEMM (float32 accumulation, no TF32: CuPy uses TF32 only
-  when CUPY_TF32=1 is set).
+- Decode products (one activation row) run decode.cu's fused kernels: the input's norm and
+  rounding in registers, weight rows staged in shared memory with cp.async, integer dot
+  products, several rows per warp where they fit (fmv_plan), launched with programmatic
+  dependent launch (pdl.py) and captured per job in a CUDA graph (GraphDecoder). Products
+  with n > 1 rows (prefill) dequantize the weight to a float16 hi/lo scratch and run one
+  cuBLAS GEMM per group (prefill.cu); F32 and BF16 weights use SGEMM on a float32 scratch
+  (no TF32: CuPy uses TF32 only when CUPY_TF32=1 is set).
 - The input of every product is first rounded the way ggml converts it to the weight's
   vec_dot_type (q8_0 / q8_1 / q8_k / f16 / bf16), as the NumPy reference does: llama.cpp
   does it too (its CUDA path quantizes activations to q8_1 before its quantized products),
