@@ -23,7 +23,9 @@ REFUSALS = {
 def _events(body: bytes) -> list[tuple[str, Any]]:
     out = []
     for block in re.split(rb"\r\n\r\n|\n\n", body):
-        lines = block.decode("utf-8").splitlines()  # strict: a `t` may never split a character
+        # strict UTF-8: a `t` may never split a character; lines end at CR, LF or CRLF only
+        # (the SSE spec's), not at every break str.splitlines() knows (U+2028, U+0085, ...)
+        lines = re.split(r"\r\n|\r|\n", block.decode("utf-8"))
         name = next((ln[len("event:"):].strip() for ln in lines if ln.startswith("event:")), None)
         data = [ln[len("data:"):].strip() for ln in lines if ln.startswith("data:")]
         if name is not None:

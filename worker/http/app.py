@@ -211,9 +211,16 @@ _EVENT_NAMES: dict[type, str] = {
 }
 
 
+# Characters that JSON leaves raw but that line splitters with Unicode rules (Python's
+# str.splitlines, for one) take for line breaks: escaped, a `data:` line of the stream stays one
+# line for every client, not only for those that split on CR and LF as the SSE spec says.
+_UNICODE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def to_sse(event: Any) -> ServerSentEventMessage:
     payload = TokenData(event.text, event.index, event.ids) if isinstance(event, TokenEvent) else event
-    return ServerSentEventMessage(data=_encode(payload).decode(), event=_EVENT_NAMES[type(event)])
+    data = _encode(payload).decode().translate(_UNICODE_BREAKS)
+    return ServerSentEventMessage(data=data, event=_EVENT_NAMES[type(event)])
 
 
 async def job_stream(job: Job, engine: Engine) -> AsyncGenerator[ServerSentEventMessage, None]:
