@@ -76,10 +76,13 @@ def same_bits(a: Any, b: Any) -> bool:
 
 
 def load(path: Path, be: Any) -> tuple[ModelConfig, Any]:
+    """As load_model loads (prepare: the CUDA backend records the decode step and the prompt
+    graphs, so the checks below run what a job runs)."""
     f = GGUFFile(path)
     cfg = ModelConfig.from_gguf(f)
     ad = adapter_for(f, cfg, be)
     ad.load(f)
+    be.prepare(ad, min(4096, cfg.context_length))
     return cfg, ad
 
 
@@ -315,6 +318,23 @@ def greedy(
         ad.backend.free_kv_cache(cache)
 
 
+def decoder_greedy(ad: Any, prompt: np.ndarray, n: int, capacity: int) -> list[int]:
+    """n greedy ids as a job takes them: the prompt, then the decoder's device argmax steps
+    (CUDA: the step recorded at load, replayed)."""
+    cache = ad.new_cache(capacity)
+    try:
+        ids = [int(np.argmax(ad.forward(prompt, 0, cache)))]
+        dec = ad.decoder(cache)
+        try:
+            for i in range(n - 1):
+                ids.append(dec.greedy(ids[-1], len(prompt) + i))
+        finally:
+            dec.close()
+        return ids
+    finally:
+        ad.backend.free_kv_cache(cache)
+
+
 def forced(ad: Any, prompt: np.ndarray, ids: list[int], capacity: int) -> list[np.ndarray]:
     """Logits along a given continuation: after the prompt, then after each of ids[:-1]."""
     cache = ad.new_cache(capacity)
@@ -408,7 +428,7 @@ def check_model(name: str, path: Path, gpu_ad: Any, n_new: int, deadline: float)
     res["noise_floor_prefill_rel"] = floor
     row(sec, "noise floor: NumPy vs NumPy+-1ulp/product, prefill", f"{min(floor):.1e}..{max(floor):.1e}", "report")
     per_prompt = []
-    tot_eq = tot_n = tot_agree = tot_forced = 0
+    tot_eq = tot_n = tot_agree = tot_forced = tot_dec = 0
     worst_last = worst_forced = 0.0
     budget_each = max(10.0, (deadline - time.perf_counter()) / len(prompts))
     for pi, prompt in enumerate(prompts):
@@ -416,6 +436,7 @@ def check_model(name: str, path: Path, gpu_ad: Any, n_new: int, deadline: float)
         ids_ref, logits_ref = greedy(ref_ad, prompt, n_new, cap, min(deadline, t + budget_each))
         t_ref = time.perf_counter() - t
         ids_gpu, _ = greedy(gpu_ad, prompt, len(ids_ref), cap, float("inf"))
+        tot_dec += sum(a == b for a, b in zip(decoder_greedy(gpu_ad, prompt, len(ids_gpu), cap), ids_gpu, strict=True))
         f_logits = forced(gpu_ad, prompt, ids_ref, cap)
         eq = sum(a == b for a, b in zip(ids_gpu, ids_ref, strict=True))
         prefix = next((i for i, (a, b) in enumerate(zip(ids_gpu, ids_ref, strict=True)) if a != b), len(ids_ref))
@@ -452,6 +473,7 @@ def check_model(name: str, path: Path, gpu_ad: Any, n_new: int, deadline: float)
         )
     res["prompts"] = per_prompt
     row(sec, f"greedy ids CUDA==NumPy, 4 prompts ({tot_n} tokens)", f"{tot_eq}/{tot_n}", "report")
+    row(sec, "CUDA decoder's greedy ids == CUDA forward()'s", f"{tot_dec}/{tot_n}", "all", tot_dec == tot_n)
     row(sec, "teacher-forced argmax agreement", f"{tot_agree}/{tot_forced}", "report", None)
     distinct = [len(set(p["ids_ref"])) for p in per_prompt]
     row(sec, "distinct ids in the reference's greedy runs", "/".join(map(str, distinct)), "report")

@@ -78,6 +78,9 @@ def decode_bytes(adapter: Any) -> int:
         elif isinstance(obj, cp.ndarray) and id(obj) not in seen:
             seen.add(id(obj))
             total += int(obj.nbytes)
+        elif isinstance(obj, list) and obj and isinstance(obj[0], DeviceMatrix):
+            # a mixture of experts: a token reads n_expert_used of them
+            total += obj[0].nbytes * adapter.cfg.n_expert_used
 
     for layer in adapter.layers:
         for v in vars(layer).values():
@@ -87,10 +90,42 @@ def decode_bytes(adapter: Any) -> int:
     return total
 
 
+def measure_eager_decode(be: CupyBackend, model: Any, reps: int) -> dict[str, Any]:
+    """A model whose step is not recorded (gpt-oss: expert routing on the host): greedy decode
+    through its plain decoder (forward() per token) after a 16-token prompt, tokens/s over
+    steps 3..DECODE (the first two load kernels)."""
+    ad, cfg = model.adapter, model.cfg
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 16)
+    out: dict[str, Any] = {"weights_bytes": be._weights_bytes, "decode_bytes": decode_bytes(ad)}
+    steady, job = [], []
+    for r in range(reps + 1):
+        cache = ad.new_cache(16 + DECODE + 1)
+        tok = int(np.argmax(ad.forward(prompt, 0, cache)))
+        dec = ad.decoder(cache)
+        sync()
+        stamps = [time.perf_counter()]
+        for i in range(DECODE):
+            tok = dec.greedy(tok, 16 + i)
+            stamps.append(time.perf_counter())
+        dec.close()
+        be.free_kv_cache(cache)
+        if r:
+            job.append(DECODE / (stamps[-1] - stamps[0]))
+            steady.append((DECODE - 2) / (stamps[-1] - stamps[2]))
+    out["decoder"] = type(dec).__name__ + " (eager: forward() per token)"
+    out["tg128_job"] = statistics.median(job)
+    out["tg128_steady"] = statistics.median(steady)
+    out["decode_only"] = True
+    be.close()
+    return out
+
+
 def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     be = CupyBackend(0)
     model = load_model(path, be)
     ad, cfg = model.adapter, model.cfg
+    if not getattr(ad, "capturable", False):
+        return measure_eager_decode(be, model, reps)
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"weights_bytes": be._weights_bytes, "decode_bytes": decode_bytes(ad)}
     for n in PREFILL:
@@ -100,23 +135,29 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
             cache = ad.new_cache(n + 1)
             sync()
             t0 = time.perf_counter()
-            ad.logits(ids, 0, cache)
+            ad.forward(ids, 0, cache)  # as a job runs it: a prompt graph up to 512 tokens
             sync()
             if r:
                 times.append(time.perf_counter() - t0)
             be.free_kv_cache(cache)
         out[f"pp{n}"] = n / statistics.median(times)
     ids = rng.integers(0, cfg.vocab_size, 128)
-    ttft = []
-    for r in range(reps + 1):
-        cache = ad.new_cache(129)
-        sync()
-        t0 = time.perf_counter()
-        int(np.argmax(ad.forward(ids, 0, cache)))
-        if r:
-            ttft.append(time.perf_counter() - t0)
-        be.free_kv_cache(cache)
-    out["ttft128_ms"] = statistics.median(ttft) * 1e3
+    # TTFT as a job sees it (forward: the prompt graph of its bucket, where load_model captured
+    # one), and the eager prefill beside it (the same kernels launched one by one from Python)
+    out["prompt_buckets"] = list(be.prompt_buckets(ad))
+    out["reserved_bytes"] = be._reserved_bytes()
+    for key, run in (("ttft128_ms", lambda c: ad.forward(ids, 0, c)),
+                     ("ttft128_eager_ms", lambda c: be.to_host(ad.logits(ids, 0, c))[0])):  # fmt: skip
+        ttft = []
+        for r in range(reps + 1):
+            cache = ad.new_cache(129)
+            sync()
+            t0 = time.perf_counter()
+            int(np.argmax(run(cache)))
+            if r:
+                ttft.append(time.perf_counter() - t0)
+            be.free_kv_cache(cache)
+        out[key] = statistics.median(ttft) * 1e3
     # decode: a 16-token prompt, then DECODE greedy steps through the job's decoder
     prompt = rng.integers(0, cfg.vocab_size, 16)
     job, steady, ids_runs, first = [], [], [], []
@@ -132,12 +173,14 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
             ids_out.append(tok)
             stamps.append(time.perf_counter())
         kind = type(dec).__name__ + (" (eager)" if getattr(dec, "eager", False) else "")
+        kind += " (recorded at load)" if getattr(dec, "shared", False) else " (recorded per job)"
         dec.close()
         be.free_kv_cache(cache)
         if r:
             job.append(DECODE / (stamps[-1] - stamps[0]))
             steady.append((DECODE - 2) / (stamps[-1] - stamps[2]))
-            first.append((stamps[1] - stamps[0], stamps[2] - stamps[1]))  # eager step, capture step
+            # recorded per job: the eager step, then the capture; recorded at load: replays
+            first.append((stamps[1] - stamps[0], stamps[2] - stamps[1]))
             ids_runs.append(ids_out)
     # the step graph alone: device time per replay (no host round trip between tokens)
     cache = ad.new_cache(16 + 2 + 400 + 8)  # every replay advances the position: 400 of them
@@ -228,8 +271,8 @@ def profile_ops(be: CupyBackend, ad: Any, reps: int = 50) -> dict[str, float]:
     return out
 
 
-def measure_llama(bin_path: str, path: Path, reps: int) -> dict[str, Any]:
-    cmd = [bin_path, "-m", str(path), "-ngl", "99", "-fa", "1", "-p", ",".join(map(str, PREFILL)),
+def measure_llama(bin_path: str, path: Path, reps: int, prefill: tuple[int, ...] = PREFILL) -> dict[str, Any]:
+    cmd = [bin_path, "-m", str(path), "-ngl", "99", "-fa", "1", "-p", ",".join(map(str, prefill or (0,))),
            "-n", str(DECODE), "-r", str(reps), "-o", "json"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
@@ -298,9 +341,10 @@ def main() -> int:
         entry["ours"] = measure_ours(path, args.reps)
         print(name, "ours", json.dumps(entry["ours"]), flush=True)
         if args.llama_bench:
-            entry["llama"] = measure_llama(args.llama_bench, path, args.reps)
+            decode_only = entry["ours"].get("decode_only", False)
+            entry["llama"] = measure_llama(args.llama_bench, path, args.reps, () if decode_only else PREFILL)
             print(name, "llama.cpp", json.dumps(entry["llama"]), flush=True)
-        if args.http:
+        if args.http and not entry["ours"].get("decode_only"):
             entry["http"] = measure_http(path)
             print(name, "http", json.dumps(entry["http"]), flush=True)
         results["models"][name] = entry
@@ -315,6 +359,8 @@ def main() -> int:
         for key, label in [("tg128_job", "decode tok/s (job)"), ("tg128_steady", "decode tok/s (steady)"),
                            ("pp128", "prefill tok/s @128"), ("pp512", "prefill tok/s @512"),
                            ("pp2048", "prefill tok/s @2048"), ("ttft128_ms", "TTFT ms @128")]:  # fmt: skip
+            if key not in o:  # decode-only (a model whose step is not recorded)
+                continue
             ref = lc.get("tg128" if key.startswith("tg") else key)
             ratio = f"{o[key] / ref:.2f}x" if isinstance(ref, float) and ref else "-"
             if key == "ttft128_ms" and isinstance(ref, float):
@@ -330,7 +376,13 @@ def main() -> int:
             print(f"{name:10s} {'HTTP tok/s (client)':22s} {h['client_tok_s']:10.1f}   engine alone (server) "
                   f"{h['server_tok_s']:.1f}; in-process decoder {o['tg128_job']:.1f}: "
                   f"{100 * (h['client_tok_s'] / o['tg128_job'] - 1):+.1f}%")
+        if o.get("decode_only"):
+            print(f"{name:10s} decoder {o['decoder']}")
+            continue
         print(f"{name:10s} decoder {o['decoder']}, ids identical across runs: {o['decode_ids_identical_across_runs']}")
+        print(f"{name:10s} TTFT @128 eager prefill {o['ttft128_eager_ms']:.1f} ms; prompt graphs for "
+              f"{o['prompt_buckets'] or 'no'} tokens; reserved at load with the decode step "
+              f"{o['reserved_bytes'] / 2**20:.0f} MiB")
         prof = o.get("profile_us", {})
         print(f"{name:10s} per call (us): " + ", ".join(f"{k} {v:.1f}" for k, v in prof.items()))
         if prof:
@@ -338,7 +390,7 @@ def main() -> int:
                   f"{1e6 / o['tg128_steady']:.0f} us per token; graph replay alone "
                   f"{o.get('graph_step_us', float('nan')):.0f} us "
                   f"(host launch {o.get('graph_launch_host_us', 0):.0f} us); a job's first two steps "
-                  f"(eager, then captured) {' and '.join(f'{t:.1f}' for t in o.get('first_steps_ms', []))} ms")
+                  f"{' and '.join(f'{t:.1f}' for t in o.get('first_steps_ms', []))} ms")
         if "error" in lc:
             print(f"{name:10s} llama-bench failed: {lc['error'][-300:]}")
     return 0

@@ -72,6 +72,7 @@ def load_model(
     adapter = adapter_for(f, cfg, backend)
     adapter.load(f, progress)
     ctx = min(ctx_size or cfg.context_length, cfg.context_length)
+    backend.prepare(adapter, ctx)
     return LoadedModel(
         path=Path(path),
         name=cfg.name,

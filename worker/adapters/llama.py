@@ -97,7 +97,7 @@ class LlamaAdapter(ModelAdapter):
         return not (cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0)
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
-        return self.backend.to_host(self.logits(tokens, start, cache))[0]
+        return self.backend.prompt_forward(self, tokens, start, cache)
 
     def logits(self, tokens: np.ndarray, start: int, cache: KVCache) -> Any:
         be, cfg = self.backend, self.cfg

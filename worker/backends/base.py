@@ -172,6 +172,16 @@ class Backend(ABC):
             return self.attention(q, k, v, cache, layer, start)
         return self.attention_ext(self.scale(q, q_scale), k, v, cache, layer, start, kq_scale=1.0)
 
+    def prepare(self, adapter: Any, max_len: int) -> None:
+        """Called once the adapter's weights are loaded, with the longest context a job may
+        have: a backend may set up per-model work ahead (the CUDA one captures prompt graphs)."""
+        return None
+
+    def prompt_forward(self, adapter: Any, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
+        """adapter.forward through adapter.logits: the last position's logits, on the host. A
+        backend may replay a captured prefill instead (same kernels, same cache contents)."""
+        return self.to_host(adapter.logits(tokens, start, cache))[0]
+
     def prefetch(self, weights: list[Any]) -> None:
         """A hint: these weights are read soon (a device backend may start moving them into
         its cache while other work runs). No effect on results; the default does nothing."""

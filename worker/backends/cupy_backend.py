@@ -8,10 +8,12 @@ Correctness first; speed is a later step. What it does:
 - Decode products (one activation row) run decode.cu's fused kernels: the input's norm and
   rounding in registers, weight rows staged in shared memory with cp.async, integer dot
   products, several rows per warp where they fit (fmv_plan), launched with programmatic
-  dependent launch (pdl.py) and captured per job in a CUDA graph (GraphDecoder). Products
+  dependent launch (pdl.py) and recorded in a CUDA graph (GraphDecoder): once per model at
+  load (prepare(), lent to one job at a time), or per job when that one is busy. Products
   with n > 1 rows (prefill) dequantize the weight to a float16 hi/lo scratch and run one
   cuBLAS GEMM per group (prefill.cu); F32 and BF16 weights use SGEMM on a float32 scratch
-  (no TF32: CuPy uses TF32 only when CUPY_TF32=1 is set).
+  (no TF32: CuPy uses TF32 only when CUPY_TF32=1 is set). A job's prompt of 2..512 tokens
+  replays the prefill graph of its length bucket, recorded at load (prompt_graphs.py).
 - The input of every product is first rounded the way ggml converts it to the weight's
   vec_dot_type (q8_0 / q8_1 / q8_k / f16 / bf16), as the NumPy reference does: llama.cpp
   does it too (its CUDA path quantizes activations to q8_1 before its quantized products),
@@ -51,6 +53,8 @@ from worker.adapters.base import Decoder
 from worker.backends.base import Backend, KVCache, OutOfDeviceMemory
 from worker.backends.numpy_backend import _gelu_f16_table, _yarn_tables
 from worker.backends.pdl import PdlLauncher
+from worker.backends.prompt_graphs import PromptGraphs, PromptInput
+from worker.backends.prompt_graphs import enabled as prompt_graphs_enabled
 from worker.gguf_file import GGUFError, GGUFFile
 from worker.model_config import ModelConfig
 from worker.quants import UnsupportedQuantType, dequantize, get_format
@@ -205,15 +209,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("worker.cuda")
 
 
-def _gemm_f16(c: Any, a: Any, b: Any, k: int, alpha: float, beta: float) -> None:
+def _gemm_f16(c: Any, a: Any, b: Any, k: int, alpha: float, beta: float, blas: Any = None) -> None:
     """c [n, m] float32 = alpha * a[:, :k] @ b[:, :k].T + beta * c, for float16 a [n, *] and
     b [m, *] with unit column stride (row strides may exceed k): cublasGemmEx, float32
-    accumulation (CUBLAS_COMPUTE_32F), on the current stream."""
+    accumulation (CUBLAS_COMPUTE_32F), on the current stream; through `blas` (a prompt
+    graph's CaptureBlas) when given, else CuPy's handle."""
     n, m = c.shape
+    # column-major view: C^T [m, n] = B [m, k] . A^T [k, n]
+    if blas is not None:
+        blas.gemm_ex(CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, alpha, b.data.ptr, CUDA_R_16F, b.strides[0] // 2,
+                     a.data.ptr, CUDA_R_16F, a.strides[0] // 2, beta, c.data.ptr, CUDA_R_32F, m,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)  # fmt: skip
+        return
     handle = cp.cuda.device.get_cublas_handle()
     cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
     al, be = np.array(alpha, dtype=np.float32), np.array(beta, dtype=np.float32)
-    # column-major view: C^T [m, n] = B [m, k] . A^T [k, n]
     cublas.gemmEx(
         handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, al.ctypes.data,
         b.data.ptr, CUDA_R_16F, b.strides[0] // 2, a.data.ptr, CUDA_R_16F, a.strides[0] // 2,
@@ -319,6 +329,10 @@ class CupyBackend(Backend):
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
         self._step: GraphDecoder | None = None
+        # Set while a prompt graph records: the ids and the prompt's length come from its buffers.
+        self._prompt: PromptInput | None = None
+        self._prompt_graphs: dict[int, PromptGraphs] = {}  # id(adapter) -> its graphs
+        self._shared_decoders: dict[int, GraphDecoder] = {}  # id(adapter) -> its recorded step
         self._pending_prefetch: list[tuple[int, int]] = []  # (pointer, bytes) for attn_decode
         self._decoders: weakref.WeakSet[GraphDecoder] = weakref.WeakSet()
         self.resident = False
@@ -402,7 +416,11 @@ class CupyBackend(Backend):
     def memory_in_use(self) -> int:
         """Bytes of device memory the backend's arrays hold now (the pool's used bytes)."""
         with self._device:
-            return int(self._pool.used_bytes()) + sum(d.pool_used() for d in list(self._decoders))
+            return (
+                int(self._pool.used_bytes())
+                + sum(d.pool_used() for d in list(self._decoders))
+                + self._reserved_bytes()
+            )
 
     def pool_bytes(self) -> int:
         """Bytes the pool holds from the driver (used + cached free blocks)."""
@@ -448,6 +466,13 @@ class CupyBackend(Backend):
         self._caches.clear()
         self._memo = None
         self.resident = False
+        for g in self._prompt_graphs.values():
+            g.close()
+        self._prompt_graphs.clear()
+        for d in self._shared_decoders.values():
+            d.shared = False
+            d.close()
+        self._shared_decoders.clear()
         with self._device:
             self._pool.free_all_blocks()
             if self.memory_limit is not None:
@@ -562,6 +587,13 @@ class CupyBackend(Backend):
             out = cp.empty((1, table.n_embd), dtype=cp.float32)
             self._fn("embed_" + KERNEL_SUFFIX[table.type_id])(
                 (1,), (256,), (table.raw, np.int64(table.row_bytes), self._step.tok_d, out, np.int32(table.n_embd))
+            )
+            return out
+        if self._prompt is not None:  # a prompt graph: ids (padded to its bucket) on the device
+            p = self._prompt
+            out = cp.empty((p.bucket, table.n_embd), dtype=cp.float32)
+            self._fn("embed_" + KERNEL_SUFFIX[table.type_id])(
+                (p.bucket,), (256,), (table.raw, np.int64(table.row_bytes), p.ids, out, np.int32(table.n_embd))
             )
             return out
         ids_h = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -947,9 +979,10 @@ class CupyBackend(Backend):
                 )  # fmt: skip
             r0 += w.n_out
         y = cp.empty((n, m), dtype=cp.float32)
-        _gemm_f16(y, xs, wd, 3 * k, 1.0 / 2048, 0.0)
+        blas = self._prompt.blas if self._prompt is not None else None
+        _gemm_f16(y, xs, wd, 3 * k, 1.0 / 2048, 0.0, blas)
         if q81:
-            _gemm_f16(y, sums, mins, nb, 1.0, 1.0)
+            _gemm_f16(y, sums, mins, nb, 1.0, 1.0, blas)
         return y, rs
 
     def _prefill_epilogue(
@@ -1081,10 +1114,10 @@ class CupyBackend(Backend):
             raise ValueError(f"KV cache overflow: position {start + 1} > capacity {cache.capacity}")
         q, k, v = self._f32(q), self._f32(k), self._f32(v)
         step = self._step
-        if step is not None:
-            pos, stride, scores = step.pos_d, cache.capacity, step.scores
+        if step is not None:  # the cache's place comes from step.kv_d at replay
+            pos, stride, scores, kv, kc, vc = step.pos_d, step.max_positions, step.scores, step.kv_d, NULL, NULL
         else:
-            pos, stride = NULL, start + 1
+            pos, stride, kv, kc, vc = NULL, start + 1, NULL, cache.k[layer], cache.v[layer]
             scores = cp.empty(n_head * stride, dtype=cp.float32)
         out = cp.empty((1, n_head * d), dtype=cp.float32)
         style = {"none": 0, "normal": 1, "neox": 2}[cfg.rope_style]
@@ -1098,10 +1131,10 @@ class CupyBackend(Backend):
             n_head,
             ATT_THREADS,
             (
-                q, k, v, cache.k[layer], cache.v[layer], out, scores, np.int32(stride), pos, np.int32(start),
+                q, k, v, kc, vc, out, scores, np.int32(stride), pos, np.int32(start),
                 np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(cfg.rope_dim), np.float32(theta_scale),
                 np.int32(style), np.float32(q_scale or 0.0), np.int32(q_scale is not None),
-                np.float32(1.0 if q_scale is not None else 1.0 / np.sqrt(d)), np.int32(0), *pf,
+                np.float32(1.0 if q_scale is not None else 1.0 / np.sqrt(d)), np.int32(0), kv, np.int32(layer), *pf,
             ),
         )  # fmt: skip
         return out
@@ -1122,6 +1155,11 @@ class CupyBackend(Backend):
 
     def decoder(self, adapter: Any, cache: KVCache) -> Any:
         if getattr(adapter, "capturable", False) and os.environ.get("WORKER_CUDA_GRAPHS", "1") != "0":
+            shared = self._shared_decoders.get(id(adapter))
+            if shared is not None and not shared.busy and cache.capacity <= shared.max_positions:
+                shared.busy = True
+                shared.bind(cache)
+                return shared
             dec = GraphDecoder(self, adapter, cache)
             self._decoders.add(dec)
             return dec
@@ -1156,7 +1194,92 @@ class CupyBackend(Backend):
         return self.linear(x, w[expert], None if bias is None else bias.reshape(len(w), -1)[expert])
 
     def last_row(self, x: Any) -> Any:
-        return x[-1:]
+        if self._prompt is None:
+            return x[-1:]
+        out = cp.empty((1, x.shape[1]), dtype=cp.float32)  # the prompt's last row, not the padding's
+        self._fn("take_row")((1,), (256,), (self._f32(x), self._prompt.n, out, np.int32(x.shape[1])))
+        return out
+
+    # -- prompt graphs (prompt_graphs.py) ----------------------------------------------------------
+    def prepare(self, adapter: Any, max_len: int) -> None:
+        """Record, and reserve the memory of, the adapter's decode step (one GraphDecoder lent
+        to one job at a time) and its prompt graphs (lengths 2..min(max_len, 512)). Without
+        them (capture failed, too little memory, a non-capturable adapter,
+        WORKER_CUDA_GRAPHS=0 / WORKER_CUDA_PROMPT_GRAPHS=0) a job records its own decode step
+        and runs its prompt eagerly, with the same kernels."""
+        if not getattr(adapter, "capturable", False):
+            return
+        if os.environ.get("WORKER_CUDA_GRAPHS", "1") != "0":
+            self._prepare_decoder(adapter, max_len)
+        if prompt_graphs_enabled():
+            self._prepare_prompts(adapter, max_len)
+        if self.memory_limit is not None:  # the default pool's share of the limit shrinks by them
+            with self._device:
+                self._pool.set_limit(size=max(1, self.memory_limit - self._reserved_bytes()))
+                self._pool.free_all_blocks()
+
+    def _prepare_decoder(self, adapter: Any, max_len: int) -> None:
+        old = self._shared_decoders.pop(id(adapter), None)
+        if old is not None:
+            old.shared = False
+            old.close()
+        cfg = adapter.cfg
+        with self._device:
+            shape = (cfg.n_layer, 1, cfg.n_kv_heads, cfg.head_dim)  # one position: step 0's
+            scratch = KVCache(k=cp.zeros(shape, dtype=cp.float16), v=cp.zeros(shape, dtype=cp.float16),
+                              capacity=1, nbytes=0)  # fmt: skip
+        dec = None
+        try:
+            dec = GraphDecoder(self, adapter, scratch, max_positions=max_len)
+            dec.logits(0, 0)  # eager: loads the kernels, fills the decoder's pool
+            dec.logits(0, 0)  # recorded, then replayed
+            if dec.graph is None:
+                raise RuntimeError("the decode step was not captured")
+        except Exception as exc:
+            self._memo = None
+            if dec is not None:
+                dec.close()
+            log.warning("decode step not recorded at load (%s: %s); each job records its own",
+                        type(exc).__name__, exc)  # fmt: skip
+            return
+        dec.shared = True
+        self._shared_decoders[id(adapter)] = dec  # it holds the adapter: the id stays its
+        dec.close()  # waits for the replay, hands the decoder back (the scratch cache goes)
+
+    def _prepare_prompts(self, adapter: Any, max_len: int) -> None:
+        old = self._prompt_graphs.pop(id(adapter), None)
+        if old is not None:
+            old.close()
+        graphs = PromptGraphs(self, adapter, max_len)
+        try:
+            graphs.capture()
+        except Exception as exc:
+            self._prompt = None
+            self._memo = None
+            graphs.close()
+            log.warning("prompt graphs not captured (%s: %s); prompts run eagerly", type(exc).__name__, exc)
+            return
+        self._prompt_graphs[id(adapter)] = graphs  # it holds the adapter: the id stays its
+
+    def _reserved_bytes(self) -> int:
+        """Memory prepare() reserved: prompt graphs and shared decoders' pools."""
+        return sum(g.nbytes() for g in self._prompt_graphs.values()) + sum(
+            d.nbytes() for d in self._shared_decoders.values()
+        )
+
+    def prompt_buckets(self, adapter: Any) -> tuple[int, ...]:
+        """The prompt lengths' buckets the adapter has graphs for (empty: none)."""
+        g = self._prompt_graphs.get(id(adapter))
+        return tuple(g.graphs) if g is not None else ()
+
+    @_device_op
+    def prompt_forward(self, adapter: Any, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
+        g = self._prompt_graphs.get(id(adapter)) if start == 0 else None
+        if g is not None and g.adapter is adapter:
+            out = g.forward(tokens, cache)
+            if out is not None:
+                return out
+        return super().prompt_forward(adapter, tokens, start, cache)
 
     @_device_op
     def to_host(self, x: Any) -> np.ndarray:
@@ -1180,19 +1303,29 @@ class GraphDecoder(Decoder):
     turns this one into text. If the caller asks for anything else next (another token or
     position, logits), that step is queued again with the caller's input, overwriting what
     the speculative one wrote; at most one unused step runs at the end of a job.
+
+    The attention kernels find the job's KV cache through kv_d (its K and V base addresses
+    and capacity, in device memory), so a recorded step serves any cache of up to
+    max_positions positions that bind() puts there. The backend keeps one such decoder per
+    model, recorded at load (prepare) and lent to one job at a time (shared): jobs then
+    replay from their first step, with no eager step and no capture of their own.
     """
 
-    def __init__(self, backend: CupyBackend, adapter: Any, cache: KVCache) -> None:
+    def __init__(self, backend: CupyBackend, adapter: Any, cache: KVCache, max_positions: int | None = None) -> None:
         super().__init__(adapter, cache)
         self.be = backend
         cfg = adapter.cfg
+        self.max_positions = max_positions or cache.capacity
+        self.shared = False  # the backend's decoder for this model: close() hands it back
+        self.busy = True
         with backend._device:
             self.stream = cp.cuda.Stream(non_blocking=True)
             self.pool = cp.cuda.MemoryPool()
             if backend.memory_limit is not None:
                 self.pool.set_limit(size=max(1, backend.memory_limit - backend.memory_in_use()))
             self.state = cp.zeros(3, dtype=cp.int32)  # token, position, argmax
-            self.scores = cp.empty(cfg.n_head * cache.capacity, dtype=cp.float32)
+            self.scores = cp.empty(cfg.n_head * self.max_positions, dtype=cp.float32)
+            self.kv_d = cp.zeros(3, dtype=cp.uint64)  # the bound cache: K base, V base, capacity
         self.tok_d, self.pos_d, self.next_d = self.state[0:1], self.state[1:2], self.state[2:3]
         self.graph: Any = None
         self.logits_d: Any = None
@@ -1206,9 +1339,25 @@ class GraphDecoder(Decoder):
             self._host_next = cp.cuda.alloc_pinned_memory(8)  # argmax of steps pos (even, odd)
             self._copied = [cp.cuda.Event(disable_timing=True) for _ in range(2)]
         self._host_view = np.frombuffer(self._host_next, dtype=np.int32, count=2)
+        self.bind(cache)
+
+    def bind(self, cache: KVCache) -> None:
+        """Decode into this cache from now on (a job's, or the shared decoder's next job)."""
+        if cache.capacity > self.max_positions:
+            raise ValueError(f"decoder: a cache of {cache.capacity} positions, more than its {self.max_positions}")
+        self.cache = cache
+        self._dev, self._ahead = (None, None), None
+        with self.be._device:
+            desc = np.array([cache.k.data.ptr, cache.v.data.ptr, cache.capacity], dtype=np.uint64)
+            self.kv_d.set(desc, stream=self.stream)  # ordered before this stream's next step
 
     def pool_used(self) -> int:
         return int(self.pool.used_bytes()) if self.pool is not None else 0
+
+    def nbytes(self) -> int:
+        """A shared decoder's reserved memory: its pool, blocks the graph uses included (CuPy
+        counts those as free once the capture has dropped its arrays)."""
+        return int(self.pool.total_bytes()) if self.pool is not None else 0
 
     def _record(self) -> Any:
         """The step's kernels on self.stream, allocating from self.pool."""
@@ -1311,10 +1460,15 @@ class GraphDecoder(Decoder):
     def close(self) -> None:
         if self.pool is None:
             return
+        if self.shared and self.be._shared_decoders.get(id(self.adapter)) is self:
+            with self.be._device:
+                self.stream.synchronize()  # a step queued ahead may still write the job's cache
+            self.cache, self.busy, self._ahead = None, False, None  # type: ignore[assignment]
+            return
         with self.be._device:
             self.stream.synchronize()
             self.graph = self.logits_d = None
-            self.state = self.scores = self.tok_d = self.pos_d = self.next_d = None
+            self.state = self.scores = self.tok_d = self.pos_d = self.next_d = self.kv_d = None
             self._ahead = None
             self.pool.free_all_blocks()
         self.pool = None

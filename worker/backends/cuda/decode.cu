@@ -752,14 +752,23 @@ DEV void rope_cs(int p, int i, float theta_scale, float* c, float* s) {
 // block is writing), then the attention kernel's arithmetic over positions t0 .. p.
 // p = *pos (graph replay: the position lives in device memory) or `start` when pos is null.
 // style: 0 no RoPE, 1 normal (adjacent pairs), 2 NeoX (halves).
+// kv != null (a replayed step): the job's cache is read from device memory, kv = {K base, V
+// base, capacity} of a cache [layer][capacity][n_kv][d], and kc / vc are this layer's rows
+// in it; so one recorded step serves every job that binds its cache there.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, u16* kc, u16* vc,
     float* __restrict__ out, float* __restrict__ scores, int T_stride, const int* __restrict__ pos, int start,
     int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale, int has_q_scale,
-    float scale, int window, const u8* pf0, i64 pn0, const u8* pf1, i64 pn1, const u8* pf2, i64 pn2,
+    float scale, int window, const unsigned long long* __restrict__ kv, int layer,
+    const u8* pf0, i64 pn0, const u8* pf1, i64 pn1, const u8* pf2, i64 pn2,
     const u8* pf3, i64 pn3, const u8* pf4, i64 pn4, const u8* pf5, i64 pn5, const u8* pf6, i64 pn6,
     const u8* pf7, i64 pn7) {
     __shared__ float qs[256], kn[256], vn[256];
+    if (kv != nullptr) {  // written before the replay by the host: no earlier kernel's output
+        const i64 layer_elems = (i64)layer * (i64)kv[2] * n_kv * d;
+        kc = (u16*)kv[0] + layer_elems;
+        vc = (u16*)kv[1] + layer_elems;
+    }
     if (blockIdx.x == 0 && threadIdx.x < 8) {
         // weights the layer reads next (the backend's prefetch hint): into L2 during attention
         const u8* pf[8] = {pf0, pf1, pf2, pf3, pf4, pf5, pf6, pf7};

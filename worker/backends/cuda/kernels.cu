@@ -394,6 +394,14 @@ DEV void embed_impl(const u8* __restrict__ table, i64 row_bytes, const int* __re
     for (int c = threadIdx.x; c < n_embd; c += blockDim.x) out[(i64)blockIdx.x * n_embd + c] = dq<T, true>(r, c);
 }
 
+// Row n_d[0] - 1 of x [*, d]: the last prompt row of a padded prefill (prompt graphs), whose
+// length is read from device memory so that one graph serves every length of its bucket.
+extern "C" __global__ void take_row(const float* __restrict__ x, const int* __restrict__ n_d,
+                                    float* __restrict__ out, int d) {
+    const float* src = x + (i64)(n_d[0] - 1) * d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) out[c] = src[c];
+}
+
 #define INSTANTIATE(T, NAME)                                                                          \
     extern "C" __global__ void matvec_##NAME(const u8* W, i64 rb, const float* x, const float* s,     \
                                              float* y, int n_out, int n_in) {                         \
