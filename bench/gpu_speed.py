@@ -146,6 +146,8 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     # one), and the eager prefill beside it (the same kernels launched one by one from Python)
     out["prompt_buckets"] = list(be.prompt_buckets(ad))
     out["reserved_bytes"] = be._reserved_bytes()
+    # down products that took their input rounded by gate/up (load recorded the decode step)
+    out["down_inputs_rounded_once_at_load"] = be.rounded_taken
     for key, run in (("ttft128_ms", lambda c: ad.forward(ids, 0, c)),
                      ("ttft128_eager_ms", lambda c: be.to_host(ad.logits(ids, 0, c))[0])):  # fmt: skip
         ttft = []
@@ -382,7 +384,8 @@ def main() -> int:
         print(f"{name:10s} decoder {o['decoder']}, ids identical across runs: {o['decode_ids_identical_across_runs']}")
         print(f"{name:10s} TTFT @128 eager prefill {o['ttft128_eager_ms']:.1f} ms; prompt graphs for "
               f"{o['prompt_buckets'] or 'no'} tokens; reserved at load with the decode step "
-              f"{o['reserved_bytes'] / 2**20:.0f} MiB")
+              f"{o['reserved_bytes'] / 2**20:.0f} MiB; down inputs rounded by gate/up while recording: "
+              f"{o['down_inputs_rounded_once_at_load']}")
         prof = o.get("profile_us", {})
         print(f"{name:10s} per call (us): " + ", ".join(f"{k} {v:.1f}" for k, v in prof.items()))
         if prof:

@@ -367,3 +367,45 @@ def test_graph_decoder_step_queued_ahead_is_redone_for_another_input(gpu, tiny_m
         gpu.free_kv_cache(c)
     assert ids_g == ids_e
     assert bits_equal(lg_g, lg_e)
+
+
+@pytest.mark.parametrize("sm_count", [None, 12], ids=["grid-of-the-gpu", "12-sm-grid"])
+@pytest.mark.parametrize("n_ff", [512, 2304])
+@pytest.mark.parametrize("down_type", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_gate_up_rounds_its_output_once_for_down(down_type, n_ff, sm_count):
+    """norm_swiglu(round_for=down) rounds its output to q8_K in its own kernel (round_output:
+    per-super-block counters, the block that completes one rounds it) and the down product
+    takes that input as it is (load_pre): the same bits as down rounding the floats itself.
+    With a grid sized for 12 multiprocessors, 2304 rows go 48 to a block (fmv_plan: 3 rounds
+    of 16), so blocks straddle super-blocks and add to two counters."""
+    be = CupyBackend(0)
+    try:
+        if sm_count:
+            be._sm_count = sm_count  # fmv_plan sizes the grid from it
+        rng = np.random.default_rng(int(down_type) + n_ff)
+        n_embd = 256
+        src = RawTensors()
+        for name, shape, qt in (("g", (n_ff, n_embd), T.Q4_K), ("u", (n_ff, n_embd), T.Q6_K),
+                                ("d", (n_embd, n_ff), down_type)):  # fmt: skip
+            src.add_float(name, rng.standard_normal(shape, dtype=np.float32) * 0.05, int(qt))
+        wg, wu, wd = (be.matrix(src, n) for n in "gud")
+        x = cp.asarray(rng.standard_normal((1, n_embd), dtype=np.float32))
+        norm = cp.asarray(rng.standard_normal(n_embd, dtype=np.float32))
+        plain = be.norm_swiglu(x, norm, 1e-6, wg, wu)
+        assert be._rounded is None
+        want = be.linear_add(plain.copy(), wd, x)  # down rounds the floats itself (load_act)
+        for _ in range(3):  # the counters are back at zero after every launch
+            h = be.norm_swiglu(x, norm, 1e-6, wg, wu, round_for=wd)
+            assert be._rounded is not None and be._rounded[0] is h
+            assert bits_equal(h, plain)
+            taken = be.rounded_taken
+            got = be.linear_add(h, wd, x)
+            assert be._rounded is None and be.rounded_taken == taken + 1  # taken
+            assert bits_equal(got, want)
+        # another weight next (not the one rounded for): the floats are rounded as usual
+        h = be.norm_swiglu(x, norm, 1e-6, wg, wu, round_for=wd)
+        taken = be.rounded_taken
+        assert bits_equal(be.linear_add(h.copy(), wd, x), want) and be._rounded is None
+        assert be.rounded_taken == taken
+    finally:
+        be.close()

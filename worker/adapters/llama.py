@@ -127,6 +127,7 @@ class LlamaAdapter(ModelAdapter):
             x = be.linear_add(attn, L.wo, x)
             if i == cfg.n_layer - 1:
                 x = be.last_row(x)  # only the last position's logits are needed
-            x = be.linear_add(be.norm_swiglu(x, L.ffn_norm, cfg.norm_eps, L.w_gate, L.w_up), L.w_down, x)
+            h = be.norm_swiglu(x, L.ffn_norm, cfg.norm_eps, L.w_gate, L.w_up, round_for=L.w_down)
+            x = be.linear_add(h, L.w_down, x)
         (out,) = be.norm_linears(x, self.out_norm, cfg.norm_eps, [self.output], [None])
         return out

@@ -150,8 +150,12 @@ class Backend(ABC):
         """residual + x @ w.T."""
         return self.add(residual, self.linear(x, w))
 
-    def norm_swiglu(self, x: Array, norm: Array, eps: float, w_gate: Any | None, w_up: Any) -> Array:
-        """swiglu(gate, up) of rms_norm(x); w_gate None: w_up holds gate rows then up rows (phi3)."""
+    def norm_swiglu(
+        self, x: Array, norm: Array, eps: float, w_gate: Any | None, w_up: Any, round_for: Any | None = None
+    ) -> Array:
+        """swiglu(gate, up) of rms_norm(x); w_gate None: w_up holds gate rows then up rows (phi3).
+        round_for: the weight whose linear_add takes the result next (the down projection); a
+        backend may prepare that product's input here. No effect on results."""
         h = self.rms_norm(x, norm, eps)
         if w_gate is None:
             gu = self.linear(h, w_up)

@@ -115,6 +115,9 @@ FMV_NST_MAX, FMV_RED_ROUNDS = 8, 16
 # slower: fewer warps to hide the input rounding and the rows' latency).
 FMV_BLOCKS_PER_SM = 4
 NULL = np.uint64(0)  # a null pointer kernel argument
+# The widest product output rounded once for the next product (decode.cu's round_output:
+# one counter per 256-row super-block, at most 64)
+ROUND_MAX = 64 * 256
 PREFETCH_RANGES = 8  # must match attn_decode's arguments in decode.cu
 
 
@@ -231,6 +234,12 @@ def _gemm_f16(c: Any, a: Any, b: Any, k: int, alpha: float, beta: float, blas: A
     )  # fmt: skip
 
 
+def _takes_q8k(w: Any) -> bool:
+    """A weight whose decode product reads a q8_K input through integer dot products only
+    (Q4_K, Q6_K): it can take an input rounded by the kernel that wrote it (load_pre)."""
+    return isinstance(w, DeviceMatrix) and w.act_type == "q8_k" and w.type_id in INT_DOT_TYPES
+
+
 def cuda_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
     if cp is None:
@@ -326,6 +335,11 @@ class CupyBackend(Backend):
         self._caches: dict[int, weakref.ref[KVCache]] = {}
         self._functions: dict[str, Any] = {}
         self._memo: tuple[Any, str, Any, Any] | None = None  # last activation round trip
+        # the last gate/up output rounded to q8_K by its kernel: (y, values, scales, sums), and
+        # how many down products took such an input (tests/cuda checks the path runs)
+        self._rounded: tuple[Any, Any, Any, Any] | None = None
+        self.rounded_taken = 0
+        self._round_once = os.environ.get("WORKER_CUDA_ROUND_ONCE", "1") != "0"  # an A/B switch
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
         self._step: GraphDecoder | None = None
@@ -386,7 +400,7 @@ class CupyBackend(Backend):
             self._pdl(getattr(f, "kernel", f).ptr, grid, block, args, shared_mem, cp.cuda.get_current_stream().ptr)
 
     def _on_oom(self) -> None:
-        self._memo = None
+        self._memo = self._rounded = None
         self._oom_seen = True
         try:
             with self._device:
@@ -444,7 +458,7 @@ class CupyBackend(Backend):
         self._caches.pop(id(cache), None)
         cache.k = cache.v = None
         cache.nbytes = 0
-        self._memo = None
+        self._memo = self._rounded = None
         if self._oom_seen:
             # An out-of-memory exception's traceback held the failed job's arrays; collect any
             # cycle through it so its blocks can go back too.
@@ -1027,12 +1041,21 @@ class CupyBackend(Backend):
         if not self._fusable(x, [w]) or residual.shape != (1, w.n_out):
             return super().linear_add(x, w, residual)
         y = cp.empty((1, w.n_out), dtype=cp.float32)
-        self._fmv_launch(x, None, 0.0, 1, [(w.raw, w.row_bytes, w.type_id, w.n_out)], [None], [y], w.act_type, residual)
+        pre, self._rounded = self._rounded, None
+        # (x is that output itself, or a view of all of it: _f32 may return either)
+        if pre is not None and (pre[0].data.ptr != x.data.ptr or pre[0].shape != x.shape or not _takes_q8k(w)):
+            pre = None
+        self.rounded_taken += pre is not None
+        self._fmv_launch(x, None, 0.0, 1, [(w.raw, w.row_bytes, w.type_id, w.n_out)], [None], [y], w.act_type, residual,
+                         pre=None if pre is None else pre[1:])  # fmt: skip
         return y
 
     @_device_op
-    def norm_swiglu(self, x: Any, norm: Any, eps: float, w_gate: Any | None, w_up: Any) -> Any:
+    def norm_swiglu(
+        self, x: Any, norm: Any, eps: float, w_gate: Any | None, w_up: Any, round_for: Any | None = None
+    ) -> Any:
         x = self._f32(x)
+        self._rounded = None
         ws = [w_up] if w_gate is None else [w_gate, w_up]
         if self._prefill_ok(x, ws) and (w_up.n_out % 2 == 0 if w_gate is None else w_gate.n_out == w_up.n_out):
             gu, rs = self._prefill_products(x, norm, eps, ws)
@@ -1056,7 +1079,19 @@ class CupyBackend(Backend):
             half = w_up.n_out
             segs = [(w.raw, w.row_bytes, w.type_id, half) for w in (w_gate, w_up)]
         y = cp.empty((1, half), dtype=cp.float32)
-        self._fmv_launch(x, norm, eps, 2, segs, [None, None], [y], w_up.act_type)
+        rnd = None
+        # (not in a prompt graph: one row of a prompt, and its small buffers would split the
+        # graphs' large pool blocks)
+        if (round_for is not None and self._round_once and self._prompt is None and _takes_q8k(round_for)
+                and round_for.n_in == half and half % 256 == 0 and half <= ROUND_MAX):  # fmt: skip
+            # y rounded once here for the down projection (decode.cu's round_output / load_pre)
+            nsb = half // 256
+            step = self._step
+            cnt = step.round_cnt if step is not None else cp.zeros(ROUND_MAX // 256, dtype=cp.uint32)
+            rnd = (cp.empty(half, dtype=cp.int8), cp.empty(8 * nsb, dtype=cp.float32),
+                   cp.empty(8 * nsb, dtype=cp.int32), cnt)  # fmt: skip
+        self._fmv_launch(x, norm, eps, 2, segs, [None, None], [y], w_up.act_type, rnd=rnd)
+        self._rounded = None if rnd is None else (y, *rnd[:3])
         return y
 
     def _bias(self, b: Any | None) -> Any | None:
@@ -1065,7 +1100,10 @@ class CupyBackend(Backend):
     def _fmv_launch(
         self, x: Any, norm: Any | None, eps: float, mode: int, segs: list[tuple[Any, int, int, int]],
         biases: list[Any | None], outs: list[Any], act: str, resid: Any | None = None,
+        rnd: tuple[Any, ...] | None = None, pre: tuple[Any, ...] | None = None,
     ) -> None:
+        """rnd (modes 2 / 3): (int8 values, scales, sums, counters) to round the output into, as
+        q8_K; pre: (int8 values, scales, sums) of the input rounded so by the kernel before."""
         k = int(x.shape[1])
         total = segs[0][3] if mode else sum(sg[3] for sg in segs)
         # rows of each weight back to back, whole blocks: several rows per warp may be staged
@@ -1090,6 +1128,8 @@ class CupyBackend(Backend):
             else:
                 args += [NULL, np.int64(0), np.int32(-1), np.int32(0), NULL, NULL]
         args.append(NULL if resid is None else resid)
+        args += list(rnd) if rnd is not None else [NULL] * 4
+        args += list(pre) if pre is not None else [NULL] * 3
         self._launch_dep("fmv_" + act, plan.grid, FMV_THREADS, tuple(args), plan.smem)
 
     def prefetch(self, weights: list[Any]) -> None:
@@ -1326,6 +1366,7 @@ class GraphDecoder(Decoder):
             self.state = cp.zeros(3, dtype=cp.int32)  # token, position, argmax
             self.scores = cp.empty(cfg.n_head * self.max_positions, dtype=cp.float32)
             self.kv_d = cp.zeros(3, dtype=cp.uint64)  # the bound cache: K base, V base, capacity
+            self.round_cnt = cp.zeros(ROUND_MAX // 256, dtype=cp.uint32)  # round_output's counters
         self.tok_d, self.pos_d, self.next_d = self.state[0:1], self.state[1:2], self.state[2:3]
         self.graph: Any = None
         self.logits_d: Any = None
@@ -1468,7 +1509,7 @@ class GraphDecoder(Decoder):
         with self.be._device:
             self.stream.synchronize()
             self.graph = self.logits_d = None
-            self.state = self.scores = self.tok_d = self.pos_d = self.next_d = self.kv_d = None
+            self.state = self.scores = self.tok_d = self.pos_d = self.next_d = self.kv_d = self.round_cnt = None
             self._ahead = None
             self.pool.free_all_blocks()
         self.pool = None

@@ -530,6 +530,23 @@ DEV void load_act(const float* __restrict__ x, const float* __restrict__ nw, flo
     __syncthreads();
 }
 
+// A q8_K input rounded once by the kernel that wrote it (fmv_impl's rq: the gate/up product
+// for the down projection), copied into load_act's layout: the int8 values, each 32-unit's
+// scale and sum. What load_act would have computed from the same floats, bit for bit (the
+// same round_q8k, lane for lane); the float copy xs is not filled, so only integer-dot
+// formats take it (the host checks).
+DEV void load_pre(const i8* __restrict__ pq, const float* __restrict__ pd, const int* __restrict__ psum, int K,
+                  float* xs) {
+    const uint4* src = (const uint4*)pq;
+    uint4* dst = (uint4*)act_xq(xs, K);
+    for (int i = threadIdx.x; i < (K >> 4); i += FMV_THREADS) dst[i] = src[i];
+    for (int u = threadIdx.x; u < (K >> 5); u += FMV_THREADS) {
+        act_xd(xs, K)[u] = pd[u];
+        act_xsum(xs, K)[u] = psum[u];
+    }
+    __syncthreads();
+}
+
 // Ask for bytes to be brought into L2 now, so that their DRAM latency passes while the block
 // does other work (load_act; attention); the warps' own loads then hit L2. Addresses round
 // out to 16-byte granules: the weight buffers' 16-byte tail covers the rounding up.
@@ -566,13 +583,47 @@ DEV int act_smem_bytes(int K) {
     return ((u * 36 + 3) & ~3) * 4 + u * 32;
 }
 
+// Modes 2 / 3 with rcnt: y0 [total] (total a multiple of 256, at most 64 super-blocks) is
+// also rounded to q8_K once, for the next product (the down projection) to take as it is
+// (load_pre) instead of every one of its blocks rounding all of it. Each block adds the rows
+// it wrote, [lo, lo + n), to the counter of each 256-row super-block they touch; the block
+// that completes a super-block's count rounds it (one warp) and resets the counter for the
+// next launch. The rounding depends only on the values, so the result is the same whichever
+// block does it. fin: 65 ints of shared memory (the caller's, free by now) for the
+// super-blocks this block completes and their count.
+DEV void round_output(const float* y0, int total, int lo, int n, i8* rq, float* rd, int* rsum, unsigned* rcnt,
+                      int* fin) {
+    int& nfin = fin[64];
+    const int hi = min(total, lo + n), lane = threadIdx.x & 31;
+    __threadfence();  // this thread's rows of y0 before the block's count
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        nfin = 0;
+        for (int sb = lo >> 8; lo < hi && sb <= (hi - 1) >> 8; ++sb) {
+            const unsigned part = (unsigned)(min(hi, (sb + 1) << 8) - max(lo, sb << 8));
+            if (atomicAdd(rcnt + sb, part) + part == 256u) fin[nfin++] = sb;
+        }
+        if (nfin) __threadfence();  // the other blocks' rows, counted, before reading them
+    }
+    __syncthreads();
+    for (int f = threadIdx.x >> 5; f < nfin; f += FMV_WARPS) {
+        const int sb = fin[f];
+        float v[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = __ldcg(y0 + (sb << 8) + 8 * lane + k);  // from L2, not L1
+        round_q8k(v, lane, rq + (sb << 8), rsum + 8 * sb, rd + 8 * sb);
+        if (lane == 0) rcnt[sb] = 0u;
+    }
+}
+
 template <int A>
 DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K, int mode, int iters,
                   int wpr, int rpw, int per, int nst, int pass_bytes,
                   const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,
                   const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,
                   const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2,
-                  const float* __restrict__ resid) {
+                  const float* __restrict__ resid, i8* rq, float* rd, int* rsum, unsigned* rcnt,
+                  const i8* __restrict__ pq, const float* __restrict__ pd, const int* __restrict__ psum) {
     extern __shared__ __align__(16) float fmv_smem[];
     __shared__ float red_g[FMV_RED_ROUNDS][FMV_WARPS], red_u[FMV_RED_ROUNDS][FMV_WARPS];
     float* xs = fmv_smem;
@@ -657,7 +708,8 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     if (ahead) prefetch_round(nst);
     stage_norm(nw, K, xs);
     pdl_wait();
-    load_act<A>(x, nw, eps, K, xs, ss, true);
+    if (pq != nullptr) load_pre(pq, pd, psum, K, xs);
+    else load_act<A>(x, nw, eps, K, xs, ss, true);
     int sl = 0;  // ring slot of round it
     for (int it = 0; it < iters; ++it) {
         cp_async_wait(nst - 1);  // round it's group has landed (this lane's copies) ...
@@ -717,6 +769,9 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
             write(which, r, g, u);
         }
     }
+    if (rcnt != nullptr)  // red_g: read by now (round_output starts with a barrier)
+        round_output(y0, total, blockIdx.x * iters * rows_per_iter, iters * rows_per_iter, rq, rd, rsum, rcnt,
+                     (int*)&red_g[0][0]);
 }
 
 #define FMV_INSTANTIATE(A, NAME)                                                                       \
@@ -725,10 +780,11 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         int per, int nst, int pass_bytes,                                                              \
         const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,                             \
         const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,                             \
-        const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2, const float* resid) {       \
+        const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2, const float* resid,         \
+        i8* rq, float* rd, int* rsum, unsigned* rcnt, const i8* pq, const float* pd, const int* psum) { \
         fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0, \
                     W1, rb1, t1, n1, b1, y1,                                                           \
-                    W2, rb2, t2, n2, b2, y2, resid);                                                   \
+                    W2, rb2, t2, n2, b2, y2, resid, rq, rd, rsum, rcnt, pq, pd, psum);                 \
     }
 
 FMV_INSTANTIATE(A_F32, f32)
