@@ -41,6 +41,7 @@ B = cb.FMV_BLOCKS_PER_SM
 VARIANTS = {
     "as shipped": (0, True, B, (4, 4)),
     "plain launches": (0, False, B, (4, 4)),
+    "3 blocks/SM": (0, True, 3, (4, 4)),
     "2 blocks/SM": (0, True, 2, (4, 4)),
     "1 block/SM": (0, True, 1, (4, 4)),
     "wpr<=2": (0, True, B, (2, 4)),
@@ -89,6 +90,11 @@ def main() -> int:
     pdl = be._pdl
     model = load_model(Path(args.model), be)
     ad, cfg = model.adapter, model.cfg
+    # each variant records its own decode step (the one load recorded used the shipped module)
+    for shared in be._shared_decoders.values():
+        shared.shared = False
+        shared.close()
+    be._shared_decoders.clear()
     L = ad.layers
     n = cfg.n_layer
     rng = np.random.default_rng(1)

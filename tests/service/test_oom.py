@@ -16,7 +16,8 @@ ROOM_TOKENS = 64  # KV-cache positions that fit next to the weights
 @pytest.fixture(scope="module")
 def tight(worker: WorkerProcess) -> Iterator[WorkerProcess]:
     with worker.client() as c:
-        weights = wait_idle(c)["vram_bytes_used"]  # an idle worker holds only its weights
+        # an idle worker holds its weights (and on CUDA the graphs recorded at load)
+        weights = wait_idle(c)["vram_bytes_used"]
     w = start_worker("--vram-limit", str(weights + ROOM_TOKENS * SMOLLM_KV_BYTES_PER_TOKEN))
     yield w
     w.stop()
