@@ -5,12 +5,14 @@
         [--llama-bench BIN] [--http] [--reps 3]
 
 For each file:
-  ours   prefill tokens/s at 128, 512 and 2048 tokens (one forward pass, CUDA synchronised
-         wall clock, median of --reps); time to first token for a 128-token prompt (prefill
-         plus the first greedy id on the host); batch-1 greedy decode of 128 tokens through
-         the decoder generate() uses (a CUDA graph per job): tokens/s over the whole job
-         including its capture, and steady state (tokens 3..128); weight bytes read per
-         token, the GB/s that implies and its share of the copy bandwidth measured here.
+  ours   prefill tokens/s at 128, 512 and 2048 tokens (one forward pass as a job runs it:
+         the prompt graph of its bucket up to 512 tokens; CUDA synchronised wall clock,
+         median of --reps); time to first token for a 128-token prompt (prefill plus the
+         first greedy id on the host), and the eager prefill's beside it; batch-1 greedy
+         decode of 128 tokens through the decoder generate() uses (the CUDA graph recorded
+         at load): tokens/s over the whole job and in steady state (tokens 3..128); weight
+         bytes read per token, the GB/s that implies and its share of the copy bandwidth
+         measured here. A model whose step is not recorded (gpt-oss) gets decode only.
   llama  llama-bench -ngl 99 -fa 1 -p 128,512,2048 -n 128 -r REPS on the same file (CUDA
          build of the llama.cpp vendored by llama-cpp-python; bench/gpu.sh --speed builds it).
   http   (--http) the same 128-token greedy job through a `worker serve --device cuda`
@@ -189,7 +191,7 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     tok = int(np.argmax(ad.forward(prompt, 0, cache)))
     dec = ad.decoder(cache)
     tok = dec.greedy(tok, 16)
-    tok = dec.greedy(tok, 17)  # captured now
+    tok = dec.greedy(tok, 17)  # (a decoder recorded per job has captured its step now)
     if getattr(dec, "graph", None) is not None:
         start, end = cp.cuda.Event(), cp.cuda.Event()
         start.record(dec.stream)
