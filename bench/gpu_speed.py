@@ -92,31 +92,52 @@ def decode_bytes(adapter: Any) -> int:
     return total
 
 
-def measure_eager_decode(be: CupyBackend, model: Any, reps: int) -> dict[str, Any]:
-    """A model whose step is not recorded (gpt-oss: expert routing on the host): greedy decode
-    through its plain decoder (forward() per token) after a 16-token prompt, tokens/s over
-    steps 3..DECODE (the first two load kernels)."""
-    ad, cfg = model.adapter, model.cfg
-    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 16)
-    out: dict[str, Any] = {"weights_bytes": be._weights_bytes, "decode_bytes": decode_bytes(ad)}
-    steady, job = [], []
+def time_greedy(be: Any, ad: Any, prompt: np.ndarray, reps: int) -> dict[str, Any]:
+    """DECODE greedy steps through the job's decoder after `prompt`, reps + 1 runs (the first
+    warms up): tokens/s over the whole job and in steady state (steps 3..DECODE), the first
+    two steps' times (a decoder recorded per job: its eager step, then its capture; one
+    recorded at load: replays), whether the ids agree across runs, the decoder's kind."""
+    n = len(prompt)
+    job, steady, ids_runs, first = [], [], [], []
+    kind = ""
     for r in range(reps + 1):
-        cache = ad.new_cache(16 + DECODE + 1)
+        cache = ad.new_cache(n + DECODE + 1)
         tok = int(np.argmax(ad.forward(prompt, 0, cache)))
         dec = ad.decoder(cache)
         sync()
         stamps = [time.perf_counter()]
+        ids_out = [tok]
         for i in range(DECODE):
-            tok = dec.greedy(tok, 16 + i)
+            tok = dec.greedy(tok, n + i)
+            ids_out.append(tok)
             stamps.append(time.perf_counter())
+        kind = type(dec).__name__ + (" (eager)" if getattr(dec, "eager", False) else "")
+        if hasattr(dec, "shared"):
+            kind += " (recorded at load)" if dec.shared else " (recorded per job)"
         dec.close()
         be.free_kv_cache(cache)
         if r:
             job.append(DECODE / (stamps[-1] - stamps[0]))
             steady.append((DECODE - 2) / (stamps[-1] - stamps[2]))
-    out["decoder"] = type(dec).__name__ + " (eager: forward() per token)"
-    out["tg128_job"] = statistics.median(job)
-    out["tg128_steady"] = statistics.median(steady)
+            first.append((stamps[1] - stamps[0], stamps[2] - stamps[1]))
+            ids_runs.append(ids_out)
+    return {
+        "decoder": kind,
+        "tg128_job": statistics.median(job),
+        "tg128_steady": statistics.median(steady),
+        "first_steps_ms": [statistics.median(f[i] for f in first) * 1e3 for i in (0, 1)],
+        "decode_ids_identical_across_runs": all(x == ids_runs[0] for x in ids_runs),
+    }
+
+
+def measure_eager_decode(be: CupyBackend, model: Any, reps: int) -> dict[str, Any]:
+    """A model whose step is not recorded (gpt-oss: expert routing on the host): greedy decode
+    only, through its plain decoder (forward() per token) after a 16-token prompt."""
+    ad, cfg = model.adapter, model.cfg
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 16)
+    out: dict[str, Any] = {"weights_bytes": be._weights_bytes, "decode_bytes": decode_bytes(ad)}
+    out.update(time_greedy(be, ad, prompt, reps))
+    out["decoder"] += " (forward() per token)"
     out["decode_only"] = True
     be.close()
     return out
@@ -164,28 +185,7 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
         out[key] = statistics.median(ttft) * 1e3
     # decode: a 16-token prompt, then DECODE greedy steps through the job's decoder
     prompt = rng.integers(0, cfg.vocab_size, 16)
-    job, steady, ids_runs, first = [], [], [], []
-    for r in range(reps + 1):
-        cache = ad.new_cache(16 + DECODE + 1)
-        tok = int(np.argmax(ad.forward(prompt, 0, cache)))
-        dec = ad.decoder(cache)
-        sync()
-        stamps = [time.perf_counter()]
-        ids_out = [tok]
-        for i in range(DECODE):
-            tok = dec.greedy(tok, 16 + i)
-            ids_out.append(tok)
-            stamps.append(time.perf_counter())
-        kind = type(dec).__name__ + (" (eager)" if getattr(dec, "eager", False) else "")
-        kind += " (recorded at load)" if getattr(dec, "shared", False) else " (recorded per job)"
-        dec.close()
-        be.free_kv_cache(cache)
-        if r:
-            job.append(DECODE / (stamps[-1] - stamps[0]))
-            steady.append((DECODE - 2) / (stamps[-1] - stamps[2]))
-            # recorded per job: the eager step, then the capture; recorded at load: replays
-            first.append((stamps[1] - stamps[0], stamps[2] - stamps[1]))
-            ids_runs.append(ids_out)
+    out.update(time_greedy(be, ad, prompt, reps))
     # the step graph alone: device time per replay (no host round trip between tokens)
     cache = ad.new_cache(16 + 2 + 400 + 8)  # every replay advances the position: 400 of them
     tok = int(np.argmax(ad.forward(prompt, 0, cache)))
@@ -208,11 +208,6 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
         out["graph_launch_host_us"] = (t1 - t0) * 1e6 / 200
     dec.close()
     be.free_kv_cache(cache)
-    out["decoder"] = kind
-    out["tg128_job"] = statistics.median(job)
-    out["tg128_steady"] = statistics.median(steady)
-    out["first_steps_ms"] = [statistics.median(f[i] for f in first) * 1e3 for i in (0, 1)]
-    out["decode_ids_identical_across_runs"] = all(x == ids_runs[0] for x in ids_runs)
     out["ctx"] = model.context_length
     out["profile_us"] = profile_ops(be, ad)
     be.close()
