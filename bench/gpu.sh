@@ -22,7 +22,9 @@
 #    here) served by `worker serve --device cuda`: /health and one generation each.
 # --no-check skips step 4 (gpu_check.py). A short summary table (OOM series, architectures,
 # gates, speed) is printed last.
-# Env: WORKER_FIXTURES (fixture dir), GPU_CHECK_ARGS (extra gpu_check.py arguments).
+# Env: WORKER_FIXTURES (fixture dir), GPU_CHECK_ARGS (extra gpu_check.py arguments),
+# GPU_SPEED_MODELS (which full-shape files --speed measures: "qwen2 llama" by default; add
+# gpt-oss), GPU_SPEED_ARGS (extra gpu_speed.py arguments).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 if [ "${1:-}" = "--prebuild-fixtures" ]; then
@@ -69,6 +71,9 @@ fi
 mkdir -p "$WORKER_FIXTURES"
 [ -f .gpu-fixtures/smollm2-vocab.json.gz ] && export WORKER_SMOLLM2_VOCAB=$PWD/.gpu-fixtures/smollm2-vocab.json.gz
 LLAMA_BENCH=/tmp/llama-bench
+# the full-shape files --speed measures: qwen2 (Qwen2.5-0.5B's Q4_K_M mix), llama (SmolLM2's
+# shape, Q4_1), gpt-oss (gpt-oss-20b's shape, MXFP4 experts: a 12.6 GB file, 40 s to build)
+SPEED_MODELS=${GPU_SPEED_MODELS:-qwen2 llama}
 if [ "$SPEED" -eq 1 ]; then
   # llama-bench and the full-shape speed fixtures, in the background while the tests run
   (
@@ -95,7 +100,7 @@ for i in range(0, len(data), 15 << 20):
   ) >"$OUT/llama_bench_build.log" 2>&1 &
   lb_pid=$!
   (
-    for a in qwen2 llama; do
+    for a in $SPEED_MODELS; do
       [ -f "$WORKER_FIXTURES/$a-full-s0.gguf" ] || python3 -m fixtures.build "$a" "$WORKER_FIXTURES/$a-full-s0.gguf" --full
     done
   ) >"$OUT/speed_fixtures.log" 2>&1 &
@@ -140,8 +145,16 @@ if [ "$SPEED" -eq 1 ]; then
   wait "$lb_pid"; cat "$OUT/llama_bench_build.log"
   lb_args=()
   [ -x "$LLAMA_BENCH" ] && lb_args=(--llama-bench "$LLAMA_BENCH")
-  python3 bench/gpu_speed.py --model "qwen2.5-0.5b-shape=$WORKER_FIXTURES/qwen2-full-s0.gguf" \
-    --model "smollm2-shape=$WORKER_FIXTURES/llama-full-s0.gguf" "${lb_args[@]}" ${GPU_SPEED_ARGS:-} \
+  models=()
+  for a in $SPEED_MODELS; do
+    case "$a" in
+      qwen2) models+=(--model "qwen2.5-0.5b-shape=$WORKER_FIXTURES/qwen2-full-s0.gguf") ;;
+      llama) models+=(--model "smollm2-shape=$WORKER_FIXTURES/llama-full-s0.gguf") ;;
+      gpt-oss) models+=(--model "gpt-oss-20b-shape=$WORKER_FIXTURES/gpt-oss-full-s0.gguf") ;;
+    esac
+  done
+  # shellcheck disable=SC2086
+  python3 bench/gpu_speed.py "${models[@]}" "${lb_args[@]}" ${GPU_SPEED_ARGS:-} \
     --out "$OUT" 2>&1 | tee "$OUT/gpu_speed.log"
   rc_speed=${PIPESTATUS[0]}
 fi

@@ -12,7 +12,7 @@ For each file:
          decode of 128 tokens through the decoder generate() uses (the CUDA graph recorded
          at load): tokens/s over the whole job and in steady state (tokens 3..128); weight
          bytes read per token, the GB/s that implies and its share of the copy bandwidth
-         measured here. A model whose step is not recorded (gpt-oss) gets decode only.
+         measured here. A model whose prompts run eagerly (gpt-oss) gets decode only.
   llama  llama-bench -ngl 99 -fa 1 -p 128,512,2048 -n 128 -r REPS on the same file (CUDA
          build of the llama.cpp vendored by llama-cpp-python; bench/gpu.sh --speed builds it).
   http   (--http) the same 128-token greedy job through a `worker serve --device cuda`
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import cupy as cp  # noqa: E402
 
+from worker.backends.base import MoE  # noqa: E402
 from worker.backends.cupy_backend import CupyBackend, DeviceMatrix  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
@@ -83,6 +84,9 @@ def decode_bytes(adapter: Any) -> int:
         elif isinstance(obj, list) and obj and isinstance(obj[0], DeviceMatrix):
             # a mixture of experts: a token reads n_expert_used of them
             total += obj[0].nbytes * adapter.cfg.n_expert_used
+        elif isinstance(obj, MoE):
+            for v in vars(obj).values():
+                add(v)
 
     for layer in adapter.layers:
         for v in vars(layer).values():
@@ -130,15 +134,52 @@ def time_greedy(be: Any, ad: Any, prompt: np.ndarray, reps: int) -> dict[str, An
     }
 
 
-def measure_eager_decode(be: CupyBackend, model: Any, reps: int) -> dict[str, Any]:
-    """A model whose step is not recorded (gpt-oss: expert routing on the host): greedy decode
-    only, through its plain decoder (forward() per token) after a 16-token prompt."""
+def time_step_graph(dec: Any) -> dict[str, float]:
+    """The step graph alone: device time per replay (no host round trip between tokens) and
+    the host's time to launch one."""
+    if getattr(dec, "graph", None) is None:
+        return {}
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    start.record(dec.stream)
+    for _ in range(200):
+        dec.graph.launch(dec.stream)
+    end.record(dec.stream)
+    end.synchronize()
+    out = {"graph_step_us": cp.cuda.get_elapsed_time(start, end) * 1e3 / 200}
+    t0 = time.perf_counter()
+    for _ in range(200):
+        dec.graph.launch(dec.stream)
+    t1 = time.perf_counter()
+    dec.stream.synchronize()
+    out["graph_launch_host_us"] = (t1 - t0) * 1e6 / 200
+    return out
+
+
+def step_graph(be: CupyBackend, ad: Any, prompt: np.ndarray) -> dict[str, float]:
+    """time_step_graph of the job's decoder after `prompt` and two greedy steps."""
+    n = len(prompt)
+    cache = ad.new_cache(n + 2 + 400 + 8)  # every replay advances the position: 400 of them
+    tok = int(np.argmax(ad.forward(prompt, 0, cache)))
+    dec = ad.decoder(cache)
+    tok = dec.greedy(tok, n)
+    dec.greedy(tok, n + 1)  # (a decoder recorded per job has captured its step now)
+    out = time_step_graph(dec)
+    dec.close()
+    be.free_kv_cache(cache)
+    return out
+
+
+def measure_decode_only(be: CupyBackend, model: Any, reps: int) -> dict[str, Any]:
+    """A model whose prompts run eagerly (gpt-oss: a prompt's experts are routed on the host):
+    greedy decode only, through the job's decoder, after a 16-token prompt."""
     ad, cfg = model.adapter, model.cfg
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 16)
     out: dict[str, Any] = {"weights_bytes": be._weights_bytes, "decode_bytes": decode_bytes(ad)}
+    out["reserved_bytes"] = be._reserved_bytes()
     out.update(time_greedy(be, ad, prompt, reps))
-    out["decoder"] += " (forward() per token)"
+    out.update(step_graph(be, ad, prompt))
     out["decode_only"] = True
+    out["profile_us"] = profile_ops(be, ad)
     be.close()
     return out
 
@@ -147,8 +188,8 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     be = CupyBackend(0)
     model = load_model(path, be)
     ad, cfg = model.adapter, model.cfg
-    if not getattr(ad, "capturable", False):
-        return measure_eager_decode(be, model, reps)
+    if not getattr(ad, "prompt_capturable", False):
+        return measure_decode_only(be, model, reps)
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"weights_bytes": be._weights_bytes, "decode_bytes": decode_bytes(ad)}
     for n in PREFILL:
@@ -186,32 +227,33 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     # decode: a 16-token prompt, then DECODE greedy steps through the job's decoder
     prompt = rng.integers(0, cfg.vocab_size, 16)
     out.update(time_greedy(be, ad, prompt, reps))
-    # the step graph alone: device time per replay (no host round trip between tokens)
-    cache = ad.new_cache(16 + 2 + 400 + 8)  # every replay advances the position: 400 of them
-    tok = int(np.argmax(ad.forward(prompt, 0, cache)))
-    dec = ad.decoder(cache)
-    tok = dec.greedy(tok, 16)
-    tok = dec.greedy(tok, 17)  # (a decoder recorded per job has captured its step now)
-    if getattr(dec, "graph", None) is not None:
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record(dec.stream)
-        for _ in range(200):
-            dec.graph.launch(dec.stream)
-        end.record(dec.stream)
-        end.synchronize()
-        out["graph_step_us"] = cp.cuda.get_elapsed_time(start, end) * 1e3 / 200
-        t0 = time.perf_counter()
-        for _ in range(200):
-            dec.graph.launch(dec.stream)
-        t1 = time.perf_counter()
-        dec.stream.synchronize()
-        out["graph_launch_host_us"] = (t1 - t0) * 1e6 / 200
-    dec.close()
-    be.free_kv_cache(cache)
+    out.update(step_graph(be, ad, prompt))
     out["ctx"] = model.context_length
     out["profile_us"] = profile_ops(be, ad)
     be.close()
     return out
+
+
+def graph_time_us(fn: Any, reps: int = 50) -> float:
+    """Device time of one call of fn, µs: `reps` calls captured in one CUDA graph (launch gaps
+    as in the decode graph), replayed 5 times, timed with events."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    pool = cp.cuda.MemoryPool()
+    with stream, cp.cuda.using_allocator(pool.malloc):
+        fn()  # warm-up: kernels loaded, pool filled
+        stream.synchronize()
+        stream.begin_capture()
+        for _ in range(reps):
+            fn()
+        g = stream.end_capture()
+        g.launch(stream)
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        for _ in range(5):
+            g.launch(stream)
+        end.record(stream)
+        end.synchronize()
+    return cp.cuda.get_elapsed_time(start, end) * 1e3 / (5 * reps)
 
 
 def profile_ops(be: CupyBackend, ad: Any, reps: int = 50) -> dict[str, float]:
@@ -221,53 +263,62 @@ def profile_ops(be: CupyBackend, ad: Any, reps: int = 50) -> dict[str, float]:
     L0 = ad.layers[0]
     rng = np.random.default_rng(1)
     x = cp.asarray(rng.standard_normal((1, cfg.n_embd), dtype=np.float32))
-    act = cp.asarray(rng.standard_normal((1, cfg.n_ff), dtype=np.float32))
-    q = cp.asarray(rng.standard_normal((1, cfg.n_head, cfg.head_dim), dtype=np.float32))
-    kv = cp.asarray(rng.standard_normal((1, cfg.n_kv_heads, cfg.head_dim), dtype=np.float32))
     cache = ad.new_cache(4096)
-    down_types: dict[int, Any] = {}
-    for layer in ad.layers:
-        down_types.setdefault(layer.w_down.type_id, layer.w_down)
     ops: dict[str, Any] = {
         "norm+qkv": lambda: be.norm_linears(
             x, L0.attn_norm, cfg.norm_eps, [L0.wq, L0.wk, L0.wv], [L0.bq, L0.bk, L0.bv]
         ),
+        **(moe_ops(be, ad, x, cache) if hasattr(L0, "moe") else llama_ops(be, ad, x, cache)),
+        "head": lambda: be.norm_linears(x, ad.out_norm, cfg.norm_eps, [ad.output], [None]),
+    }
+    logits = cp.asarray(rng.standard_normal((1, cfg.vocab_size), dtype=np.float32))
+    nxt = cp.zeros(1, dtype=cp.int32)
+    ops["argmax"] = lambda: be.argmax_into(logits, nxt)
+    out = {name: graph_time_us(fn, reps) for name, fn in ops.items()}
+    be.free_kv_cache(cache)
+    # a layer: every step but the head, the argmax and the long-context attention; one down
+    # projection (the mean over the layers' formats)
+    layer = [v for k, v in out.items() if k not in ("head", "argmax", "attention@1024") and not k.startswith("down(")]
+    downs = [v for k, v in out.items() if k.startswith("down(")]
+    per_layer = sum(layer) + (statistics.mean(downs) if downs else 0.0)
+    out["step_estimate_us"] = cfg.n_layer * per_layer + out["head"] + out["argmax"]
+    return out
+
+
+def moe_ops(be: CupyBackend, ad: Any, x: Any, cache: Any) -> dict[str, Any]:
+    """gpt-oss's fused steps between the QKV products and the head (attention with sinks)."""
+    cfg, L0 = ad.cfg, ad.layers[0]
+    rng = np.random.default_rng(2)
+    q = cp.asarray(rng.standard_normal((1, cfg.n_head, cfg.head_dim), dtype=np.float32))
+    kv = cp.asarray(rng.standard_normal((1, cfg.n_kv_heads, cfg.head_dim), dtype=np.float32))
+    attn = cp.asarray(rng.standard_normal((1, cfg.n_head * cfg.head_dim), dtype=np.float32))
+    opts = {"kq_scale": 1.0 / np.sqrt(cfg.rope_dim), "sinks": L0.sinks}
+    return {
+        "attention@64": lambda: be.rope_attention(q, kv, kv, cache, 0, 64, cfg, **opts),
+        "attention@1024": lambda: be.rope_attention(q, kv, kv, cache, 0, 1024, cfg, **opts),
+        "o+bias+residual": lambda: be.linear_add(attn, L0.wo, x, L0.bo),
+        "norm+moe": lambda: be.norm_moe(x, L0.post_norm, cfg.norm_eps, L0.moe),
+    }
+
+
+def llama_ops(be: CupyBackend, ad: Any, x: Any, cache: Any) -> dict[str, Any]:
+    """The Llama family's fused steps between the QKV products and the head, and the down
+    projection of each format the layers use."""
+    cfg, L0 = ad.cfg, ad.layers[0]
+    rng = np.random.default_rng(2)
+    act = cp.asarray(rng.standard_normal((1, cfg.n_ff), dtype=np.float32))
+    q = cp.asarray(rng.standard_normal((1, cfg.n_head, cfg.head_dim), dtype=np.float32))
+    kv = cp.asarray(rng.standard_normal((1, cfg.n_kv_heads, cfg.head_dim), dtype=np.float32))
+    ops: dict[str, Any] = {
         "attention@64": lambda: be.rope_attention(q, kv, kv, cache, 0, 64, cfg),
         "attention@1024": lambda: be.rope_attention(q, kv, kv, cache, 0, 1024, cfg),
         "o+residual": lambda: be.linear_add(x, L0.wo, x),
         "norm+gate/up+swiglu": lambda: be.norm_swiglu(x, L0.ffn_norm, cfg.norm_eps, L0.w_gate, L0.w_up),
-        "head": lambda: be.norm_linears(x, ad.out_norm, cfg.norm_eps, [ad.output], [None]),
     }
-    for t, w in down_types.items():
-        ops[f"down({t})+residual"] = lambda w=w: be.linear_add(act, w, x)
-    logits = cp.asarray(rng.standard_normal((1, cfg.vocab_size), dtype=np.float32))
-    nxt = cp.zeros(1, dtype=cp.int32)
-    ops["argmax"] = lambda: be.argmax_into(logits, nxt)
-    out: dict[str, float] = {}
-    stream = cp.cuda.Stream(non_blocking=True)
-    for name, fn in ops.items():
-        pool = cp.cuda.MemoryPool()
-        with stream, cp.cuda.using_allocator(pool.malloc):
-            fn()  # warm-up: kernels loaded, pool filled
-            stream.synchronize()
-            stream.begin_capture()
-            for _ in range(reps):
-                fn()
-            g = stream.end_capture()
-            g.launch(stream)
-            start, end = cp.cuda.Event(), cp.cuda.Event()
-            start.record(stream)
-            for _ in range(5):
-                g.launch(stream)
-            end.record(stream)
-            end.synchronize()
-        out[name] = cp.cuda.get_elapsed_time(start, end) * 1e3 / (5 * reps)
-        del g, pool
-    be.free_kv_cache(cache)
-    per_layer = out["norm+qkv"] + out["attention@64"] + out["o+residual"] + out["norm+gate/up+swiglu"]
-    per_layer += statistics.mean(v for k, v in out.items() if k.startswith("down("))
-    out["step_estimate_us"] = cfg.n_layer * per_layer + out["head"] + out["argmax"]
-    return out
+    for layer in ad.layers:
+        w = layer.w_down
+        ops.setdefault(f"down({w.type_id})+residual", lambda w=w: be.linear_add(act, w, x))
+    return ops
 
 
 def measure_llama(bin_path: str, path: Path, reps: int, prefill: tuple[int, ...] = PREFILL) -> dict[str, Any]:
@@ -375,14 +426,15 @@ def main() -> int:
             print(f"{name:10s} {'HTTP tok/s (client)':22s} {h['client_tok_s']:10.1f}   engine alone (server) "
                   f"{h['server_tok_s']:.1f}; in-process decoder {o['tg128_job']:.1f}: "
                   f"{100 * (h['client_tok_s'] / o['tg128_job'] - 1):+.1f}%")
-        if o.get("decode_only"):
-            print(f"{name:10s} decoder {o['decoder']}")
-            continue
         print(f"{name:10s} decoder {o['decoder']}, ids identical across runs: {o['decode_ids_identical_across_runs']}")
-        print(f"{name:10s} TTFT @128 eager prefill {o['ttft128_eager_ms']:.1f} ms; prompt graphs for "
-              f"{o['prompt_buckets'] or 'no'} tokens; reserved at load with the decode step "
-              f"{o['reserved_bytes'] / 2**20:.0f} MiB; down inputs rounded by gate/up while recording: "
-              f"{o['down_inputs_rounded_once_at_load']}")
+        if o.get("decode_only"):
+            print(f"{name:10s} decode only (prompts run eagerly); reserved at load with the decode step "
+                  f"{o['reserved_bytes'] / 2**20:.0f} MiB")
+        else:
+            print(f"{name:10s} TTFT @128 eager prefill {o['ttft128_eager_ms']:.1f} ms; prompt graphs for "
+                  f"{o['prompt_buckets'] or 'no'} tokens; reserved at load with the decode step "
+                  f"{o['reserved_bytes'] / 2**20:.0f} MiB; down inputs rounded by gate/up while recording: "
+                  f"{o['down_inputs_rounded_once_at_load']}")
         prof = o.get("profile_us", {})
         print(f"{name:10s} per call (us): " + ", ".join(f"{k} {v:.1f}" for k, v in prof.items()))
         if prof:

@@ -330,24 +330,7 @@ def test_out_of_memory_maps_to_vram_oom(gpu, tiny_models):
 
 # ------------------------------------------------------------------------------ gpt2 / phi3 / gpt-oss
 
-ARCH_FIXTURES = ["phi3", "gpt2", "gpt-oss"]
-
-
-@pytest.fixture(scope="module")
-def arch_models(tmp_path_factory):
-    # fixtures/vocab.py takes their vocabulary from the SmolLM2 registry model: on a machine
-    # without it (a GPU machine with no network), $WORKER_ARCH_FIXTURES holds them prebuilt
-    # (bench/gpu.sh --prebuild-fixtures), same bytes as build_fixture(arch, dir) with seed 0.
-    import os
-    from pathlib import Path
-
-    from fixtures.build import build_fixture
-
-    pre = os.environ.get("WORKER_ARCH_FIXTURES")
-    if pre and all((Path(pre) / f"{a}-tiny-s0.gguf").exists() for a in ARCH_FIXTURES):
-        return {a: Path(pre) / f"{a}-tiny-s0.gguf" for a in ARCH_FIXTURES}
-    d = tmp_path_factory.mktemp("arch-fixtures")
-    return {a: build_fixture(a, d, seed=0) for a in ARCH_FIXTURES}
+ARCH_FIXTURES = ["phi3", "gpt2", "gpt-oss"]  # conftest.py's arch_models
 
 
 def test_host_input_is_uploaded(gpu):

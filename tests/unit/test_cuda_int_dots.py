@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 KERNELS = Path(__file__).resolve().parents[2] / "worker" / "backends" / "cuda" / "kernels.cu"
-TYPES = {T.Q4_0: 18, T.Q4_1: 20, T.Q5_0: 22, T.Q5_1: 24, T.Q8_0: 34}
+TYPES = {T.Q4_0: 18, T.Q4_1: 20, T.Q5_0: 22, T.Q5_1: 24, T.Q8_0: 34, T.MXFP4: 17}
 K_TYPES = {T.Q4_K: 144, T.Q6_K: 210}  # super-blocks of 8 units of 32; q8_K input
 Q8_1_FORM = {T.Q4_1, T.Q5_1}  # d * sum(q * qx) * dx + m * s, s the float16 sum of the input
 
@@ -52,6 +52,7 @@ int main() {
         if (t == T_Q8_0) r = unit_dot_i8<T_Q8_0>(row + 2, u, xw, dx, xsum, s8);
         if (t == T_Q4_K) r = unit_dot_i8<T_Q4_K>(row + 2, u, xw, dx, xsum, s8);
         if (t == T_Q6_K) r = unit_dot_i8<T_Q6_K>(row + 2, u, xw, dx, xsum, s8);
+        if (t == T_MXFP4) r = unit_dot_i8<T_MXFP4>(row + 2, u, xw, dx, xsum, s8);
         printf("%a\n", r);
     }
     return 0;

@@ -37,6 +37,8 @@ CASES = [
     (8192, 1, (3072,), [Q6_K]),
     (2880, 0, (4096, 512, 512), [Q8_0, Q8_0, Q8_0]),
     (2880, 1, (2880,), [MXFP4]),
+    (2880, 0, (201088,), [Q8_0]),
+    (2880, 2, (2880, 2880), [MXFP4, MXFP4]),
     (4096, 2, (14336, 14336), [Q4_K, Q4_K]),
     (14336, 1, (4096,), [Q6_K]),
     (64, 0, (64, 32, 32), [F16, F16, F16]),
@@ -60,7 +62,7 @@ def test_every_row_and_unit_once_and_slots_hold_their_copies(k, mode, seg_rows, 
     assert plan.smem == fmv_smem(k) + plan.nst * FMV_WARPS * npass * plan.pass_bytes <= SMEM
     assert plan.pass_bytes % 16 == 0
     if rpw > 1:  # a warp's rows of a round lie in one weight, of a format with integer dots
-        assert all(n % rpw == 0 for n in seg_rows) and F16 not in types and Q5_K not in types and MXFP4 not in types
+        assert all(n % rpw == 0 for n in seg_rows) and F16 not in types and Q5_K not in types
     matrices = 2 if plan.mode >= 2 else 1
     seen = np.zeros((matrices, total, units), dtype=np.int32)
     for w in range(FMV_WARPS):
@@ -94,6 +96,18 @@ def test_several_rows_per_warp_where_they_fit():
     assert fmv_plan(896, 0, 1152, (Q5_0, Q5_0, Q8_0), 132, SMEM, 4, 0, (896, 128, 128)).rpw == 1
     assert fmv_plan(896, 0, 151936, (F16,), 132, SMEM, 4, 0, (151936,)).rpw == 1
     assert fmv_plan(896, 0, 151936, (Q8_0,), 132, SMEM, 4, 0, ()).rpw == 1  # rows not contiguous
+
+
+def test_rows_split_over_warps_only_when_rows_are_few():
+    # Qwen2.5-0.5B's down projection (896 rows of 4,864) splits its rows over 4 warps;
+    # gpt-oss-20b's head (201,088 rows of 2,880), its output projection (2,880 rows) and its
+    # experts' products (4 chosen x 2,880 rows, planned together) take whole rows
+    assert fmv_plan(4864, 1, 896, (Q6_K,), 132, SMEM, 4, 0, (896,)).wpr == 4
+    assert fmv_plan(2880, 0, 201088, (Q8_0,), 132, SMEM, 4, 0, (201088,)).wpr == 1
+    assert fmv_plan(4096, 1, 2880, (F16,), 132, SMEM, 4, 0, (2880,)).wpr == 1
+    assert fmv_plan(2880, 0, 4 * 2880, (MXFP4,), 132, SMEM, 4, 0, (4 * 2880,)).wpr == 1
+    gate_up = fmv_plan(2880, 2, 4 * 2880, (MXFP4, MXFP4), 132, SMEM, 4, 0, (2880, 2880))
+    assert (gate_up.mode, gate_up.wpr) == (3, 2)  # a warp for the gate row, one for the up row
 
 
 def test_a_row_too_wide_for_shared_memory_has_no_plan():

@@ -40,6 +40,9 @@ class ModelAdapter(ABC):
     # forward pass for one token is made only of operations that read the token and its
     # position from device memory; adapters that say False always run forward().
     capturable: bool = False
+    # Likewise for a whole prompt (prefill graphs): every operation of an n-token forward pass
+    # reads what it needs from device memory (gpt-oss routes a prompt's experts on the host).
+    prompt_capturable: bool = False
 
     def logits(self, tokens: np.ndarray, start: int, cache: KVCache) -> Any:
         """forward() without the copy to the host: the backend's [1, vocab] array."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from worker.adapters.base import ModelAdapter, Progress
-from worker.backends.base import KVCache
+from worker.backends.base import KVCache, MoE
 from worker.gguf_file import GGUFFile
 
 OAI_SWIGLU_ALPHA = 1.702
@@ -52,14 +52,7 @@ class OSSLayer:
     bo: Any
     sinks: Any
     post_norm: Any
-    router: Any
-    router_b: Any
-    gate_exps: Any
-    gate_b: Any
-    up_exps: Any
-    up_b: Any
-    down_exps: Any
-    down_b: Any
+    moe: MoE
 
 
 class GPTAdapter(ModelAdapter):
@@ -100,10 +93,13 @@ class GPTAdapter(ModelAdapter):
                     wo=m("attn_output"), bo=vec("attn_output.bias"),
                     sinks=vec("attn_sinks.weight"),
                     post_norm=vec("post_attention_norm.weight"),
-                    router=m("ffn_gate_inp"), router_b=vec("ffn_gate_inp.bias"),
-                    gate_exps=be.experts(f, p + "ffn_gate_exps.weight"), gate_b=vec("ffn_gate_exps.bias"),
-                    up_exps=be.experts(f, p + "ffn_up_exps.weight"), up_b=vec("ffn_up_exps.bias"),
-                    down_exps=be.experts(f, p + "ffn_down_exps.weight"), down_b=vec("ffn_down_exps.bias"),
+                    moe=MoE(
+                        router=m("ffn_gate_inp"), router_b=vec("ffn_gate_inp.bias"),
+                        gate=be.experts(f, p + "ffn_gate_exps.weight"), gate_b=vec("ffn_gate_exps.bias"),
+                        up=be.experts(f, p + "ffn_up_exps.weight"), up_b=vec("ffn_up_exps.bias"),
+                        down=be.experts(f, p + "ffn_down_exps.weight"), down_b=vec("ffn_down_exps.bias"),
+                        n_used=cfg.n_expert_used, alpha=OAI_SWIGLU_ALPHA, limit=OAI_SWIGLU_LIMIT,
+                    ),
                 )  # fmt: skip
             self.layers.append(layer)
             if progress:
@@ -114,10 +110,22 @@ class GPTAdapter(ModelAdapter):
         if progress:
             progress(total, total)
 
+    @property
+    def capturable(self) -> bool:  # type: ignore[override]
+        # gpt-oss's one-token step reads its token and position from device memory on a backend
+        # that routes experts on the device (CUDA); gpt2's learned positions are looked up
+        # from the host.
+        return self.cfg.architecture == "gpt-oss"
+
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
         if self.cfg.architecture == "gpt2":
             return self._forward_gpt2(tokens, start, cache)
-        return self._forward_oss(tokens, start, cache)
+        return self.backend.prompt_forward(self, tokens, start, cache)
+
+    def logits(self, tokens: np.ndarray, start: int, cache: KVCache) -> Any:
+        if self.cfg.architecture == "gpt2":
+            raise NotImplementedError("gpt2 runs forward() only")
+        return self._logits_oss(tokens, start, cache)
 
     def _forward_gpt2(self, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
         be, cfg = self.backend, self.cfg
@@ -142,49 +150,21 @@ class GPTAdapter(ModelAdapter):
         x = be.layer_norm(x, self.out_norm, self.out_norm_b, cfg.norm_eps)
         return be.to_host(be.linear(x, self.output))[0]
 
-    def _forward_oss(self, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
+    def _logits_oss(self, tokens: np.ndarray, start: int, cache: KVCache) -> Any:
         be, cfg = self.backend, self.cfg
         n = len(tokens)
-        positions = np.arange(start, start + n)
+        H, KV, D = cfg.n_head, cfg.n_kv_heads, cfg.head_dim
         x = be.embed(self.tok_embd, tokens)
         for i, L in enumerate(self.layers):
-            h = be.rms_norm(x, L.attn_norm, cfg.norm_eps)
-            q = be.linear(h, L.wq, L.bq).reshape(n, cfg.n_head, cfg.head_dim)
-            k = be.linear(h, L.wk, L.bk).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-            v = be.linear(h, L.wv, L.bv).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-            q = be.rope(q, positions, cfg)
-            k = be.rope(k, positions, cfg)
-            window = cfg.sliding_window if i % 2 == 0 else 0
-            attn = be.attention_ext(
-                q, k, v, cache, i, start, kq_scale=1.0 / np.sqrt(cfg.rope_dim), sinks=L.sinks, window=window
-            )
-            x = be.add(x, be.linear(attn, L.wo, L.bo))
+            q, k, v = be.norm_linears(x, L.attn_norm, cfg.norm_eps, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
+            attn = be.rope_attention(
+                q.reshape(n, H, D), k.reshape(n, KV, D), v.reshape(n, KV, D), cache, i, start, cfg,
+                kq_scale=1.0 / np.sqrt(cfg.rope_dim), sinks=L.sinks,
+                window=cfg.sliding_window if i % 2 == 0 else 0,
+            )  # fmt: skip
+            x = be.linear_add(attn, L.wo, x, L.bo)
             if i == cfg.n_layer - 1:
                 x = be.last_row(x)
-            h = be.rms_norm(x, L.post_norm, cfg.norm_eps)
-            x = be.add(x, self._moe(h, L))
-        x = be.rms_norm(x, self.out_norm, cfg.norm_eps)
-        return be.to_host(be.linear(x, self.output))[0]
-
-    def _moe(self, h: Any, L: OSSLayer) -> Any:
-        """Per token: top-k experts by router logit, weights = softmax of the chosen logits."""
-        be, k = self.backend, self.cfg.n_expert_used
-        logits = be.to_host(be.linear(h, L.router, L.router_b))  # [n, n_expert], tiny
-        rows = []
-        for t in range(logits.shape[0]):
-            # Descending order, as ggml_argsort_top_k; the weighted sum adds in that order.
-            chosen = np.argsort(-logits[t], kind="stable")[:k]
-            sel = logits[t, chosen]
-            w = np.exp(sel - sel.max())
-            w *= np.float32(1.0 / w.sum(dtype=np.float64))
-            x_t = h[t : t + 1]
-            acc = None
-            for e, we in zip(chosen.tolist(), w.tolist(), strict=True):
-                gate = be.linear_expert(x_t, L.gate_exps, e, L.gate_b)
-                up = be.linear_expert(x_t, L.up_exps, e, L.up_b)
-                act = be.swiglu_oai(gate, up, OAI_SWIGLU_ALPHA, OAI_SWIGLU_LIMIT)
-                y = be.linear_expert(act, L.down_exps, e, L.down_b)
-                y = be.scale(y, we)
-                acc = y if acc is None else be.add(acc, y)
-            rows.append(acc)
-        return rows[0] if len(rows) == 1 else be.concat_rows(rows)
+            x = be.norm_moe(x, L.post_norm, cfg.norm_eps, L.moe)
+        (out,) = be.norm_linears(x, self.out_norm, cfg.norm_eps, [self.output], [None])
+        return out

@@ -96,6 +96,10 @@ class LlamaAdapter(ModelAdapter):
         cfg = self.cfg
         return not (cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0)
 
+    @property
+    def prompt_capturable(self) -> bool:  # type: ignore[override]
+        return self.capturable
+
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
         return self.backend.prompt_forward(self, tokens, start, cache)
 

@@ -28,6 +28,25 @@ class OutOfDeviceMemory(MemoryError):
 
 
 @dataclass
+class MoE:
+    """A mixture-of-experts FFN (gpt-oss): the router [n_expert, E] and its bias; the experts'
+    gate and up [n_expert][F, E] and down [n_expert][E, F] (Backend.experts), their biases
+    [n_expert * out]; how many experts a token uses; the clamped SwiGLU's alpha and limit."""
+
+    router: Any
+    router_b: Any
+    gate: Any
+    gate_b: Any
+    up: Any
+    up_b: Any
+    down: Any
+    down_b: Any
+    n_used: int
+    alpha: float
+    limit: float
+
+
+@dataclass
 class KVCache:
     """Per-job K and V buffers, [layer][position, kv_head, head_dim], sized for the job."""
 
@@ -146,9 +165,9 @@ class Backend(ABC):
         h = self.rms_norm(x, norm, eps)
         return [self.linear(h, w, b) for w, b in zip(ws, biases, strict=True)]
 
-    def linear_add(self, x: Array, w: Any, residual: Array) -> Array:
-        """residual + x @ w.T."""
-        return self.add(residual, self.linear(x, w))
+    def linear_add(self, x: Array, w: Any, residual: Array, bias: Array | None = None) -> Array:
+        """residual + (x @ w.T + bias)."""
+        return self.add(residual, self.linear(x, w, bias))
 
     def norm_swiglu(
         self, x: Array, norm: Array, eps: float, w_gate: Any | None, w_up: Any, round_for: Any | None = None
@@ -165,16 +184,44 @@ class Backend(ABC):
 
     def rope_attention(
         self, q: Array, k: Array, v: Array, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
-        *, q_scale: float | None = None,
+        *, q_scale: float | None = None, kq_scale: float | None = None, sinks: Array | None = None,
+        window: int = 0,
     ) -> Array:
         """RoPE on q and k at positions start.., then attention(). q_scale (phi3): Q is scaled
-        after RoPE and the product Q.K is not scaled again (llama.cpp's order)."""
+        after RoPE and the product Q.K is not scaled again (llama.cpp's order). kq_scale, sinks
+        and window (gpt-oss) as attention_ext takes them."""
         positions = np.arange(start, start + q.shape[0])
         q = self.rope(q, positions, cfg)
         k = self.rope(k, positions, cfg)
-        if q_scale is None:
+        if q_scale is not None:
+            q, kq_scale = self.scale(q, q_scale), 1.0
+        if kq_scale is None and sinks is None and not window:
             return self.attention(q, k, v, cache, layer, start)
-        return self.attention_ext(self.scale(q, q_scale), k, v, cache, layer, start, kq_scale=1.0)
+        return self.attention_ext(q, k, v, cache, layer, start, kq_scale=kq_scale, sinks=sinks, window=window)
+
+    def norm_moe(self, x: Array, norm: Array, eps: float, moe: MoE) -> Array:
+        """x + the experts' output for rms_norm(x): per token, the moe.n_used experts of highest
+        router logit (descending, the first index on ties, as ggml_argsort_top_k), weighted by
+        the softmax of the chosen logits, each expert a clamped SwiGLU (swiglu_oai) with
+        biases; the weighted sum adds in that order."""
+        h = self.rms_norm(x, norm, eps)
+        logits = self.to_host(self.linear(h, moe.router, moe.router_b))  # [n, n_expert], tiny
+        rows = []
+        for t in range(logits.shape[0]):
+            chosen = np.argsort(-logits[t], kind="stable")[: moe.n_used]
+            sel = logits[t, chosen]
+            w = np.exp(sel - sel.max())
+            w *= np.float32(1.0 / w.sum(dtype=np.float64))
+            x_t = h[t : t + 1]
+            acc = None
+            for e, we in zip(chosen.tolist(), w.tolist(), strict=True):
+                gate = self.linear_expert(x_t, moe.gate, e, moe.gate_b)
+                up = self.linear_expert(x_t, moe.up, e, moe.up_b)
+                act = self.swiglu_oai(gate, up, moe.alpha, moe.limit)
+                y = self.scale(self.linear_expert(act, moe.down, e, moe.down_b), we)
+                acc = y if acc is None else self.add(acc, y)
+            rows.append(acc)
+        return self.add(x, rows[0] if len(rows) == 1 else self.concat_rows(rows))
 
     def prepare(self, adapter: Any, max_len: int) -> None:
         """Called once the adapter's weights are loaded, with the longest context a job may

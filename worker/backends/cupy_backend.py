@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from worker.adapters.base import Decoder
-from worker.backends.base import Backend, KVCache, OutOfDeviceMemory
+from worker.backends.base import Backend, KVCache, MoE, OutOfDeviceMemory
 from worker.backends.numpy_backend import _gelu_f16_table, _yarn_tables
 from worker.backends.pdl import PdlLauncher
 from worker.backends.prompt_graphs import PromptGraphs, PromptInput
@@ -95,7 +95,7 @@ Q8_1_TYPES = frozenset({3, 7})  # Q4_1, Q5_1: offset formats whose products use 
 FLOAT_TYPES = frozenset({0, 1, 30})  # F32, F16, BF16
 K_QUANT_TYPES = frozenset({12, 13, 14})  # Q4_K, Q5_K, Q6_K: 256-element super-blocks
 # formats whose decode products sum in integers (decode.cu's int_dot)
-INT_DOT_TYPES = frozenset({2, 3, 6, 7, 8, 12, 14})
+INT_DOT_TYPES = frozenset({2, 3, 6, 7, 8, 12, 14, 39})
 
 # Scratch bound (float32 elements) for the prefill dequantized-weight chunks and the
 # attention score buffer: 64 MiB each.
@@ -171,8 +171,14 @@ def fmv_plan(
     units = k // 32
     # split long rows over several warps of a block (the down projection: 896 rows of 4864)
     # (4 and not 8 warps for 128 units or more: bench/gpu_decode_ablation.py's "wpr<=4" took
-    # the 4864-wide down projection from 9.1 to 8.1 µs on the H100)
+    # the 4864-wide down projection from 9.1 to 8.1 µs on the H100). Rows of up to 128 units
+    # with rows for at least half a wave of warps stay whole: on the H200
+    # (bench/gpu_moe_probe.py) gpt-oss-20b's 201,088-row head took 200 µs against 426, its
+    # experts' 4 x 2,880-row down products 17 µs against 34, and its 2,880-row output
+    # projection 9.6 µs against 11.6.
     wpr = min(wpr_max, 4 if units >= 64 else 2 if units >= 40 else 1)
+    if units <= 128 and 2 * total >= sm_count * blocks_per_sm * FMV_WARPS:
+        wpr = 1
     if mode == 2 and wpr == 1:
         mode, wpr = 3, 2  # gate and up rows on two warps
     upb = 8 if any(t in K_QUANT_TYPES for t in type_ids) else 1
@@ -301,6 +307,21 @@ class DeviceMatrix:
         return int(self.raw.nbytes)
 
 
+@dataclass(frozen=True)
+class ExpertSlots:
+    """A fused product over the experts a router chose (decode.cu's fmv_impl, eids): slot s of
+    `slots` takes expert e = ids[s] (device memory): its weights w_stride bytes and its biases
+    b_stride floats past the first expert's; its input x_stride and its output y_stride floats
+    past slot 0's."""
+
+    ids: Any
+    slots: int
+    w_stride: int
+    b_stride: int
+    x_stride: int
+    y_stride: int
+
+
 @dataclass
 class DeviceEmbedding:
     name: str
@@ -339,6 +360,7 @@ class CupyBackend(Backend):
         # how many down products took such an input (tests/cuda checks the path runs)
         self._rounded: tuple[Any, Any, Any, Any] | None = None
         self.rounded_taken = 0
+        self.moe_on_device = 0  # norm_moe calls routed on the device (tests/cuda checks the path runs)
         self._round_once = os.environ.get("WORKER_CUDA_ROUND_ONCE", "1") != "0"  # an A/B switch
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
@@ -348,6 +370,8 @@ class CupyBackend(Backend):
         self._prompt_graphs: dict[int, PromptGraphs] = {}  # id(adapter) -> its graphs
         self._shared_decoders: dict[int, GraphDecoder] = {}  # id(adapter) -> its recorded step
         self._pending_prefetch: list[tuple[int, int]] = []  # (pointer, bytes) for attn_decode
+        # id(cfg) -> (cfg, positions, cos, sin): YaRN RoPE tables on the device (_yarn_table)
+        self._yarn: dict[int, tuple[ModelConfig, int, Any, Any]] = {}
         self._decoders: weakref.WeakSet[GraphDecoder] = weakref.WeakSet()
         self.resident = False
         with self._device:
@@ -390,14 +414,17 @@ class CupyBackend(Backend):
             self._functions[name] = f
         return f
 
-    def _launch_dep(self, name: str, grid: int, block: int, args: tuple[Any, ...], shared_mem: int = 0) -> None:
+    def _launch_dep(
+        self, name: str, grid: int, block: int, args: tuple[Any, ...], shared_mem: int = 0, grid_y: int = 1
+    ) -> None:
         """A decode.cu kernel that calls pdl_wait before reading earlier kernels' outputs:
         launched with programmatic dependent launch where available, else as usual."""
         f = self._fn(name)
         if self._pdl is None:
-            f((grid,), (block,), args, shared_mem=shared_mem)
+            f((grid, grid_y), (block,), args, shared_mem=shared_mem)
         else:
-            self._pdl(getattr(f, "kernel", f).ptr, grid, block, args, shared_mem, cp.cuda.get_current_stream().ptr)
+            self._pdl(getattr(f, "kernel", f).ptr, grid, block, args, shared_mem, cp.cuda.get_current_stream().ptr,
+                      grid_y)  # fmt: skip
 
     def _on_oom(self) -> None:
         self._memo = self._rounded = None
@@ -471,6 +498,7 @@ class CupyBackend(Backend):
         """Drop weights and caches, return the pool's blocks, lift the limit we set."""
         self._weights.clear()
         self._uploaded.clear()
+        self._yarn.clear()
         self._weights_bytes = 0
         for ref in list(self._caches.values()):
             cache = ref()
@@ -928,10 +956,14 @@ class CupyBackend(Backend):
         """Device weights of one input size and activation kind, x a matrix of rows of that size
         whose rounding blocks divide it and which fits the fused kernels' shared memory
         (load_act's layout): what the one-row (decode.cu) and many-row (prefill.cu) steps share."""
-        if x.ndim != 2 or not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
+        return x.ndim == 2 and bool(ws) and x.shape[1] == getattr(ws[0], "n_in", -1) and self._fmv_fits(x.shape[1], ws)
+
+    def _fmv_fits(self, k: int, ws: list[Any]) -> bool:
+        """_shared_input for an input row of k floats."""
+        if not ws or not all(isinstance(w, DeviceMatrix) for w in ws):
             return False
-        k, act = ws[0].n_in, ws[0].act_type
-        if any(w.n_in != k or w.act_type != act for w in ws) or x.shape[1] != k:
+        act = ws[0].act_type
+        if any(w.n_in != k or w.act_type != act for w in ws):
             return False
         if (act in ("q8_0", "q8_1") and k % 32) or (act == "q8_k" and k % 256):
             return False
@@ -1031,23 +1063,23 @@ class CupyBackend(Backend):
         return outs
 
     @_device_op
-    def linear_add(self, x: Any, w: Any, residual: Any) -> Any:
+    def linear_add(self, x: Any, w: Any, residual: Any, bias: Any | None = None) -> Any:
         x = self._f32(x)
         residual = self._f32(residual)
-        if self._prefill_ok(x, [w]) and residual.shape == (x.shape[0], w.n_out):
+        if bias is None and self._prefill_ok(x, [w]) and residual.shape == (x.shape[0], w.n_out):
             y, rs = self._prefill_products(x, None, 0.0, [w])
             self._prefill_epilogue(y, rs, [], [], cp.ascontiguousarray(residual))
             return y
         if not self._fusable(x, [w]) or residual.shape != (1, w.n_out):
-            return super().linear_add(x, w, residual)
+            return super().linear_add(x, w, residual, bias)
         y = cp.empty((1, w.n_out), dtype=cp.float32)
         pre, self._rounded = self._rounded, None
         # (x is that output itself, or a view of all of it: _f32 may return either)
         if pre is not None and (pre[0].data.ptr != x.data.ptr or pre[0].shape != x.shape or not _takes_q8k(w)):
             pre = None
         self.rounded_taken += pre is not None
-        self._fmv_launch(x, None, 0.0, 1, [(w.raw, w.row_bytes, w.type_id, w.n_out)], [None], [y], w.act_type, residual,
-                         pre=None if pre is None else pre[1:])  # fmt: skip
+        self._fmv_launch(x, None, 0.0, 1, [(w.raw, w.row_bytes, w.type_id, w.n_out)], [self._bias(bias)], [y],
+                         w.act_type, residual, pre=None if pre is None else pre[1:])  # fmt: skip
         return y
 
     @_device_op
@@ -1101,19 +1133,26 @@ class CupyBackend(Backend):
         self, x: Any, norm: Any | None, eps: float, mode: int, segs: list[tuple[Any, int, int, int]],
         biases: list[Any | None], outs: list[Any], act: str, resid: Any | None = None,
         rnd: tuple[Any, ...] | None = None, pre: tuple[Any, ...] | None = None,
+        experts: ExpertSlots | None = None, oai: tuple[float, float] | None = None,
     ) -> None:
         """rnd (modes 2 / 3): (int8 values, scales, sums, counters) to round the output into, as
-        q8_K; pre: (int8 values, scales, sums) of the input rounded so by the kernel before."""
+        q8_K; pre: (int8 values, scales, sums) of the input rounded so by the kernel before.
+        experts: one grid row of blocks per slot, each taking its expert's weights and biases
+        (ids in device memory); oai (modes 2 / 3): gpt-oss's clamped SwiGLU (alpha, limit) on
+        gate + bias and up + bias, in place of SiLU(gate) * up."""
         k = int(x.shape[1])
         total = segs[0][3] if mode else sum(sg[3] for sg in segs)
+        slots = experts.slots if experts is not None else 1
         # rows of each weight back to back, whole blocks: several rows per warp may be staged
         # as one run of bytes (fmv_plan's seg_rows)
         whole = all(rb * get_format(t).block_size == k * get_format(t).type_size for _, rb, t, _ in segs)
-        plan = fmv_plan(k, mode, total, tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
+        # (sized for every slot's rows: the grid's rows of blocks share the multiprocessors)
+        plan = fmv_plan(k, mode, total * slots, tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
                         self._fmv_blocks_per_sm, self._smem_per_sm,
                         tuple(sg[3] for sg in segs) if whole else (), *self._fmv_caps)  # fmt: skip
         if plan is None:  # _shared_input checked the input's part; a ring slot did not fit
             raise RuntimeError(f"fused product of {k} columns does not fit shared memory")
+        grid = plan.grid if slots == 1 else -(-total // (FMV_WARPS // plan.wpr * plan.rpw * plan.iters))
         nw = NULL if norm is None else norm
         args: list[Any] = [
             x, nw, np.float32(eps), np.int32(k), np.int32(plan.mode), np.int32(plan.iters), np.int32(plan.wpr),
@@ -1130,30 +1169,69 @@ class CupyBackend(Backend):
         args.append(NULL if resid is None else resid)
         args += list(rnd) if rnd is not None else [NULL] * 4
         args += list(pre) if pre is not None else [NULL] * 3
-        self._launch_dep("fmv_" + act, plan.grid, FMV_THREADS, tuple(args), plan.smem)
+        if experts is None:
+            args += [NULL, np.int64(0), np.int64(0), np.int32(0), np.int32(0)]
+        else:
+            args += [experts.ids, np.int64(experts.w_stride), np.int64(experts.b_stride), np.int32(experts.x_stride),
+                     np.int32(experts.y_stride)]  # fmt: skip
+        args += [np.float32(oai[0] if oai else 0.0), np.float32(oai[1] if oai else 0.0)]
+        self._launch_dep("fmv_" + act, grid, FMV_THREADS, tuple(args), plan.smem, grid_y=slots)
 
     def prefetch(self, weights: list[Any]) -> None:
         # taken by the next fused attention launch (it reads no weights itself)
         self._pending_prefetch = [(w.raw.data.ptr, w.nbytes) for w in weights if isinstance(w, DeviceMatrix)]
 
+    def _yarn_table(self, cfg: ModelConfig, need: int) -> tuple[Any, Any] | None:
+        """YaRN RoPE's cos and sin [position, rope_dim / 2] on the device, the reference's own
+        float32 values (numpy_backend._yarn_tables), for the model's whole context: attn_decode
+        reads a row by the position in device memory. Made once per model (first use; 256 bytes
+        a position at rope_dim 64) and kept, like a weight: recorded steps hold its address.
+        None when `need` positions are past it and no new one may be made here (a capture)."""
+        tab = self._yarn.get(id(cfg))
+        if tab is not None and tab[0] is cfg and tab[1] >= need:
+            return tab[2], tab[3]
+        if self._step is not None and self._step.capturing:
+            return None
+        n = max(need, cfg.context_length)
+        cos, sin = _yarn_tables(np.arange(n), cfg)
+        # from the default pool, not a decoder's (whose blocks go when it closes); complete
+        # before any stream reads it
+        with cp.cuda.using_allocator(self._pool.malloc):
+            cos_d = cp.asarray(np.ascontiguousarray(cos.reshape(n, -1), dtype=np.float32))
+            sin_d = cp.asarray(np.ascontiguousarray(sin.reshape(n, -1), dtype=np.float32))
+        cp.cuda.get_current_stream().synchronize()
+        for name, arr in (("rope_yarn.cos", cos_d), ("rope_yarn.sin", sin_d)):
+            self._register_weight(name, arr)  # a replaced table stays too: graphs may use it
+        self._yarn[id(cfg)] = (cfg, n, cos_d, sin_d)
+        return cos_d, sin_d
+
     @_device_op
     def rope_attention(
         self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
-        *, q_scale: float | None = None,
+        *, q_scale: float | None = None, kq_scale: float | None = None, sinks: Any | None = None,
+        window: int = 0,
     ) -> Any:
         n, n_head, d = q.shape
         n_kv = k.shape[1]
         yarn = cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0
-        if n != 1 or yarn or d > 256 or n_head % n_kv:
+        step = self._step
+        table = None
+        if yarn and n == 1 and cfg.rope_style != "none":
+            table = self._yarn_table(cfg, max(start + 1, step.max_positions if step is not None else 0))
+        fused = n == 1 and (table is not None or not yarn) and d <= 256 and n_head % n_kv == 0
+        if not fused or (sinks is not None and q_scale is not None):
             self._pending_prefetch = []
-            if self._step is not None and self._step.capturing:
+            if step is not None and step.capturing:
                 # the composed path takes the position from the host: a graph would freeze it
                 raise RuntimeError("rope_attention: this shape has no device-position kernel")
-            return super().rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale)
+            return super().rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale, kq_scale=kq_scale,
+                                          sinks=sinks, window=window)  # fmt: skip
         if start + 1 > cache.capacity:
             raise ValueError(f"KV cache overflow: position {start + 1} > capacity {cache.capacity}")
         q, k, v = self._f32(q), self._f32(k), self._f32(v)
-        step = self._step
+        sinks_d = NULL if sinks is None else self._f32(cp.asarray(sinks).reshape(-1))
+        if sinks is not None and sinks_d.size != n_head:
+            raise ValueError(f"attention: {sinks_d.size} sinks for {n_head} heads")
         if step is not None:  # the cache's place comes from step.kv_d at replay
             pos, stride, scores, kv, kc, vc = step.pos_d, step.max_positions, step.scores, step.kv_d, NULL, NULL
         else:
@@ -1166,6 +1244,9 @@ class CupyBackend(Backend):
         ranges += [(0, 0)] * (PREFETCH_RANGES - len(ranges))
         pf = [a for ptr, nbytes in ranges for a in (np.uint64(ptr), np.int64(nbytes))]
         theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
+        # phi3 (q_scale): Q is scaled after RoPE and Q.K not again
+        scale = 1.0 if q_scale is not None else 1.0 / np.sqrt(d) if kq_scale is None else kq_scale
+        rcos, rsin = table if table is not None else (NULL, NULL)
         self._launch_dep(
             "attn_decode",
             n_head,
@@ -1173,11 +1254,67 @@ class CupyBackend(Backend):
             (
                 q, k, v, kc, vc, out, scores, np.int32(stride), pos, np.int32(start),
                 np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(cfg.rope_dim), np.float32(theta_scale),
-                np.int32(style), np.float32(q_scale or 0.0), np.int32(q_scale is not None),
-                np.float32(1.0 if q_scale is not None else 1.0 / np.sqrt(d)), np.int32(0), kv, np.int32(layer), *pf,
+                np.int32(style), np.float32(q_scale or 0.0), np.int32(q_scale is not None), np.float32(scale),
+                np.int32(window), kv, np.int32(layer), rcos, rsin, sinks_d, *pf,
             ),
         )  # fmt: skip
         return out
+
+    @_device_op
+    def norm_moe(self, x: Any, norm: Any, eps: float, moe: MoE) -> Any:
+        """One row: five launches, no copy to the host. The router's product (with the norm),
+        moe_route (top-k and their softmax weights, into device memory), gate and up of every
+        chosen expert with the clamped SwiGLU (one fmv launch, a row of blocks per expert),
+        their down products (likewise), and moe_combine (the weighted sum in the reference's
+        order, plus x). Anything else: the base class's host routing."""
+        x = self._f32(x)
+        if not self._moe_fusable(x, moe):
+            if self._step is not None and self._step.capturing:
+                raise RuntimeError("norm_moe: this shape has no device-routing kernel")
+            return super().norm_moe(x, norm, eps, moe)
+        self.moe_on_device += 1
+        g0, u0, d0 = moe.gate[0], moe.up[0], moe.down[0]
+        kk, n_exp, ff, e = moe.n_used, len(moe.gate), g0.n_out, d0.n_out
+        (logits,) = self.norm_linears(x, norm, eps, [moe.router], [moe.router_b])
+        ids = cp.empty(kk, dtype=cp.int32)
+        wts = cp.empty(kk, dtype=cp.float32)
+        self._launch_dep("moe_route", 1, 32, (logits, np.int32(n_exp), np.int32(kk), ids, wts))
+        act = cp.empty((kk, ff), dtype=cp.float32)
+        gu = ExpertSlots(ids, kk, g0.n_out * g0.row_bytes, ff, 0, ff)
+        segs = [(g0.raw, g0.row_bytes, g0.type_id, ff), (u0.raw, u0.row_bytes, u0.type_id, ff)]
+        self._fmv_launch(x, norm, eps, 2, segs, [self._bias(moe.gate_b), self._bias(moe.up_b)], [act], g0.act_type,
+                         experts=gu, oai=(moe.alpha, moe.limit))  # fmt: skip
+        y = cp.empty((kk, e), dtype=cp.float32)
+        dn = ExpertSlots(ids, kk, d0.n_out * d0.row_bytes, e, ff, e)
+        self._fmv_launch(act, None, 0.0, 0, [(d0.raw, d0.row_bytes, d0.type_id, e)], [self._bias(moe.down_b)], [y],
+                         d0.act_type, experts=dn)  # fmt: skip
+        out = cp.empty((1, e), dtype=cp.float32)
+        self._launch_dep("moe_combine", -(-e // 256), 256, (y, wts, x, out, np.int32(e), np.int32(kk)))
+        return out
+
+    def _moe_fusable(self, x: Any, moe: MoE) -> bool:
+        """One row; the experts' weights back to back in one buffer per tensor (experts()), of
+        kinds the fused products take; biases of every expert; at most 256 experts, 8 of them
+        a token (moe_route)."""
+        if x.ndim != 2 or x.shape[0] != 1 or not 1 <= moe.n_used <= min(8, len(moe.gate)) or len(moe.gate) > 256:
+            return False
+        mats = (moe.gate, moe.up, moe.down)
+        if not all(isinstance(m, list) and len(m) == len(moe.gate) and all(isinstance(w, DeviceMatrix) for w in m)
+                   for m in mats):  # fmt: skip
+            return False
+        for m in mats:
+            size = m[0].n_out * m[0].row_bytes
+            if any(w.raw.data.ptr != m[0].raw.data.ptr + i * size for i, w in enumerate(m)):
+                return False
+        g0, u0, d0 = moe.gate[0], moe.up[0], moe.down[0]
+        ff = g0.n_out
+        if u0.n_out != ff or u0.n_in != g0.n_in or d0.n_in != ff or d0.n_out != x.shape[1]:
+            return False
+        for b, n_out in ((moe.gate_b, ff), (moe.up_b, ff), (moe.down_b, d0.n_out)):
+            if b is None or int(b.size) != len(moe.gate) * n_out:
+                return False
+        return (self._shared_input(x, [moe.router]) and self._shared_input(x, [g0, u0])
+                and self._fmv_fits(ff, [d0]))  # fmt: skip
 
     def argmax_into(self, logits: Any, next_d: Any, tok_d: Any | None = None, pos_d: Any | None = None) -> None:
         """next_d[0] = argmax(logits) on the device (np.argmax's ties and NaN); a replayed step
@@ -1251,7 +1388,7 @@ class CupyBackend(Backend):
             return
         if os.environ.get("WORKER_CUDA_GRAPHS", "1") != "0":
             self._prepare_decoder(adapter, max_len)
-        if prompt_graphs_enabled():
+        if prompt_graphs_enabled() and getattr(adapter, "prompt_capturable", False):
             self._prepare_prompts(adapter, max_len)
         if self.memory_limit is not None:  # the default pool's share of the limit shrinks by them
             with self._device:

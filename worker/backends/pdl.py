@@ -98,9 +98,10 @@ class PdlLauncher:
         self._attr = programmatic_attribute()
 
     def __call__(
-        self, func_ptr: int, grid: int, block: int, args: tuple[Any, ...], shared_mem: int, stream_ptr: int
+        self, func_ptr: int, grid: int, block: int, args: tuple[Any, ...], shared_mem: int, stream_ptr: int,
+        grid_y: int = 1,
     ) -> None:
-        cfg = CUlaunchConfig(grid, 1, 1, block, 1, 1, shared_mem, stream_ptr, ctypes.pointer(self._attr), 1)
+        cfg = CUlaunchConfig(grid, grid_y, 1, block, 1, 1, shared_mem, stream_ptr, ctypes.pointer(self._attr), 1)
         _buf, params = pack_args(args)  # _buf: the values params point at, alive until the call returns
         rc = self._launch(ctypes.byref(cfg), ctypes.c_void_p(func_ptr), params, None)
         if rc != 0:

@@ -56,18 +56,8 @@ DEV void pdl_wait() {
 template <int T>
 DEV float unit_dot(const u8* __restrict__ r, int u, const float* __restrict__ xs) {
     const float* x = xs + 33 * u;  // padded layout, see XI
-    float a0 = 0.f, a1 = 0.f;
-    if (T == T_MXFP4) {
-        const u8* b = r + (i64)u * 17;
-        const float d = e8m0_half(b[0]);
-#pragma unroll
-        for (int l = 0; l < 16; ++l) {
-            const u32 byte = b[1 + l];
-            a0 = fmaf(x[l], __fmul_rn(d, mxfp4_kvalue(byte & 15)), a0);
-            a1 = fmaf(x[l + 16], __fmul_rn(d, mxfp4_kvalue(byte >> 4)), a1);
-        }
-        return a0 + a1;
-    } else if (T == T_Q5_K) {
+    float a0 = 0.f;
+    if (T == T_Q5_K) {
         const int j = u & 7;
         const u8* b = r + (i64)(u >> 3) * 176;
         float sc, m;
@@ -94,11 +84,12 @@ DEV float* act_xd(float* xs, int K) { return xs + ((K + 31) >> 5) * 34; }
 DEV int* act_xsum(float* xs, int K) { return (int*)(xs + ((K + 31) >> 5) * 35); }
 DEV i8* act_xq(float* xs, int K) { return (i8*)(xs + ((((K + 31) >> 5) * 36 + 3) & ~3)); }
 
-// Formats whose units take the integer path (q8_0 / q8_1 / q8_K inputs; Q5_K and MXFP4 keep
-// the float path).
+// Formats whose units take the integer path (q8_0 / q8_1 / q8_K inputs; Q5_K keeps the float
+// path).
 template <int T>
 DEV constexpr bool int_dot() {
-    return T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0 || T == T_Q5_1 || T == T_Q8_0 || T == T_Q4_K || T == T_Q6_K;
+    return T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0 || T == T_Q5_1 || T == T_Q8_0 || T == T_Q4_K || T == T_Q6_K ||
+           T == T_MXFP4;
 }
 
 // Weight rows reach a warp through shared memory: 16-byte asynchronous copies (cp.async) of
@@ -168,6 +159,27 @@ DEV float row_part(const u8* __restrict__ row, const u8* __restrict__ st, int u0
                    const float* __restrict__ xs, const float* __restrict__ ss, int part, int nparts, int lane) {
     float acc = 0.f;
     if constexpr (T == T_F32 || T == T_F16 || T == T_BF16) {
+        if ((K & 7) == 0 && ((unsigned long long)row & 15) == 0) {
+            // 8 consecutive columns a lane: 16-byte loads (two for F32), 4 rounds in flight. A
+            // lane's 8 inputs lie in one 32-unit of xs, and the 32 lanes' on 32 banks.
+#pragma unroll 4
+            for (int c = (part * 32 + lane) * 8; c < K; c += 256 * nparts) {
+                float w[8];
+                if (T == T_F32) {
+                    const float4 a = ((const float4*)row)[c >> 2], b = ((const float4*)row)[(c >> 2) + 1];
+                    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+                    w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+                } else {
+                    const uint4 q = ((const uint4*)row)[c >> 3];
+                    const u16* h = (const u16*)&q;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) w[e] = T == T_F16 ? h2f(h[e]) : I2F((u32)h[e] << 16);
+                }
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc = fmaf(xs[XI(c + e)], w[e], acc);
+            }
+            return warp_sum(acc);
+        }
         for (int c = part * 32 + lane; c < K; c += 32 * nparts) {
             float w;
             if (T == T_F32) w = ((const float*)row)[c];
@@ -285,6 +297,7 @@ DEV float rows_dot_any(int t, const u8* __restrict__ st, int rpw, int nu, int K,
         if (t == T_Q4_0) RD(T_Q4_0);
         if (t == T_Q5_0) RD(T_Q5_0);
         if (t == T_Q8_0) RD(T_Q8_0);
+        if (t == T_MXFP4) RD(T_MXFP4);
     } else if (A == A_Q8_1) {
         if (t == T_Q4_1) RD(T_Q4_1);
         if (t == T_Q5_1) RD(T_Q5_1);
@@ -623,8 +636,24 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
                   const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,
                   const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2,
                   const float* __restrict__ resid, i8* rq, float* rd, int* rsum, unsigned* rcnt,
-                  const i8* __restrict__ pq, const float* __restrict__ pd, const int* __restrict__ psum) {
+                  const i8* __restrict__ pq, const float* __restrict__ pd, const int* __restrict__ psum,
+                  const int* __restrict__ eids, i64 wstride, i64 bstride, int xstride, int ystride,
+                  float oai_alpha, float oai_limit) {
     extern __shared__ __align__(16) float fmv_smem[];
+    if (eids != nullptr) {
+        // Experts a router chose (gpt-oss): grid row s takes expert eids[s], written by the
+        // kernel before (so no weight copies start ahead of pdl_wait here): its weights and
+        // biases, its own input row (xstride, the down projection) and output row.
+        pdl_wait();
+        const int s = blockIdx.y;
+        const i64 e = eids[s];
+        W0 += e * wstride;
+        if (W1 != nullptr) W1 += e * wstride;
+        if (b0 != nullptr) b0 += e * bstride;
+        if (b1 != nullptr) b1 += e * bstride;
+        x += (i64)s * xstride;
+        y0 += (i64)s * ystride;
+    }
     __shared__ float red_g[FMV_RED_ROUNDS][FMV_WARPS], red_u[FMV_RED_ROUNDS][FMV_WARPS];
     float* xs = fmv_smem;
     float* ss = fmv_smem + ((K + 31) >> 5) * 33;
@@ -691,7 +720,14 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         cp_async_commit();
     };
     auto write = [&](int w, int r, float g, float u) {
-        if (mode >= 2) {
+        if (mode >= 2 && oai_alpha != 0.f) {
+            // gpt-oss: biases, then kernels.cu's swiglu_oai arithmetic
+            if (b0 != nullptr) g = __fadd_rn(g, b0[r]);
+            if (b1 != nullptr) u = __fadd_rn(u, b1[r]);
+            const float gv = fminf(g, oai_limit), uv = fminf(fmaxf(u, -oai_limit), oai_limit);
+            const float sg = __fdiv_rn(gv, __fadd_rn(1.f, expf(__fmul_rn(oai_alpha, -gv))));
+            y0[r] = __fmul_rn(sg, __fadd_rn(uv, 1.f));
+        } else if (mode >= 2) {
             y0[r] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), u);
         } else {
             const float* b = w == 0 ? b0 : w == 1 ? b1 : b2;
@@ -781,10 +817,13 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,                             \
         const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,                             \
         const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2, const float* resid,         \
-        i8* rq, float* rd, int* rsum, unsigned* rcnt, const i8* pq, const float* pd, const int* psum) { \
+        i8* rq, float* rd, int* rsum, unsigned* rcnt, const i8* pq, const float* pd, const int* psum,  \
+        const int* eids, i64 wstride, i64 bstride, int xstride, int ystride, float oai_alpha,          \
+        float oai_limit) {                                                                             \
         fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0, \
                     W1, rb1, t1, n1, b1, y1,                                                           \
-                    W2, rb2, t2, n2, b2, y2, resid, rq, rd, rsum, rcnt, pq, pd, psum);                 \
+                    W2, rb2, t2, n2, b2, y2, resid, rq, rd, rsum, rcnt, pq, pd, psum,                  \
+                    eids, wstride, bstride, xstride, ystride, oai_alpha, oai_limit);                   \
     }
 
 FMV_INSTANTIATE(A_F32, f32)
@@ -816,6 +855,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     float* __restrict__ out, float* __restrict__ scores, int T_stride, const int* __restrict__ pos, int start,
     int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale, int has_q_scale,
     float scale, int window, const unsigned long long* __restrict__ kv, int layer,
+    const float* __restrict__ rcos, const float* __restrict__ rsin, const float* __restrict__ sinks,
     const u8* pf0, i64 pn0, const u8* pf1, i64 pn1, const u8* pf2, i64 pn2,
     const u8* pf3, i64 pn3, const u8* pf4, i64 pn4, const u8* pf5, i64 pn5, const u8* pf6, i64 pn6,
     const u8* pf7, i64 pn7) {
@@ -854,7 +894,12 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         const int half = n_rot / 2;
         for (int i = tid; i < half; i += blockDim.x) {
             float c, s;
-            rope_cs(p, i, theta_scale, &c, &s);
+            if (rcos != nullptr) {  // a table's row (YaRN: the reference's own values)
+                c = rcos[(i64)p * half + i];
+                s = rsin[(i64)p * half + i];
+            } else {
+                rope_cs(p, i, theta_scale, &c, &s);
+            }
             const int i0 = style == 2 ? i : 2 * i, i1 = style == 2 ? i + half : 2 * i + 1;
             float x0 = qh[i0], x1 = qh[i1];
             qs[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
@@ -912,6 +957,9 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     if ((tid & 31) == 0) redf[tid >> 5] = m;
     __syncthreads();
     m = fmaxf(fmaxf(redf[0], redf[1]), fmaxf(redf[2], redf[3]));
+    // a sink (gpt-oss) joins the max and the denominator, not the output (as `attention`)
+    const float sink = sinks != nullptr ? sinks[h] : 0.f;
+    if (sinks != nullptr) m = fmaxf(m, sink);
     double sum = 0.0;
     for (int t = t0 + tid; t < T; t += blockDim.x) {
         float e = expf(__fsub_rn(sc[t], m));
@@ -921,7 +969,9 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     sum = warp_sum_d(sum);
     if ((tid & 31) == 0) redd[tid >> 5] = sum;
     __syncthreads();
-    const float inv = (float)(1.0 / (((redd[0] + redd[1]) + redd[2]) + redd[3]));
+    double total = ((redd[0] + redd[1]) + redd[2]) + redd[3];
+    if (sinks != nullptr) total += (double)expf(__fsub_rn(sink, m));
+    const float inv = (float)(1.0 / total);
     for (int t = t0 + tid; t < T; t += blockDim.x) sc[t] = round_f16(__fmul_rn(sc[t], inv));
     __syncthreads();
     float* o = out + (i64)h * d;
@@ -991,6 +1041,87 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
             o[c] = acc;
         }
     }
+}
+
+// Router order: descending logit, the first index on ties, NaN after every number (as
+// np.argsort(-logits, kind="stable") orders them). True when (v, i) comes before (bv, bi).
+DEV bool route_before(float v, int i, float bv, int bi) {
+    if (bi < 0) return true;
+    const bool vn = v != v, bn = bv != bv;
+    if (vn != bn) return bn;
+    if (vn) return i < bi;
+    return v > bv || (v == bv && i < bi);
+}
+
+// gpt-oss's routing of one token, one warp: the k (<= 8) experts first in router order (of
+// n <= 256, 8 a lane, kept in registers) and the softmax of their logits: exp(l - max) in
+// float32, their sum in double, in order, times float32(1 / sum) (base.Backend.norm_moe).
+extern "C" __global__ void __launch_bounds__(32) moe_route(const float* __restrict__ logits, int n, int k,
+                                                           int* __restrict__ eids, float* __restrict__ ew) {
+    pdl_trigger();
+    pdl_wait();
+    const int lane = threadIdx.x;
+    float v[8];
+    bool free_[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int e = lane + 32 * j;
+        free_[j] = e < n;
+        v[j] = free_[j] ? logits[e] : 0.f;
+    }
+    float sel[8];
+    int chosen[8];
+    for (int r = 0; r < k; ++r) {
+        float bv = 0.f;
+        int bi = -1;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (free_[j] && route_before(v[j], lane + 32 * j, bv, bi)) {
+                bv = v[j];
+                bi = lane + 32 * j;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && route_before(ov, oi, bv, bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) free_[j] = free_[j] && lane + 32 * j != bi;
+        sel[r] = bv;
+        chosen[r] = bi;
+    }
+    if (lane != 0) return;
+    float mx = sel[0];
+    for (int j = 1; j < k; ++j) mx = fmaxf(mx, sel[j]);
+    float w[8];
+    double sum = 0.0;
+    for (int j = 0; j < k; ++j) {
+        w[j] = expf(__fsub_rn(sel[j], mx));
+        sum += (double)w[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int j = 0; j < k; ++j) {
+        eids[j] = chosen[j];
+        ew[j] = __fmul_rn(w[j], inv);
+    }
+}
+
+// out = resid + the experts' outputs y [k][n] weighted by ew, added in slot order (each
+// y_s * w_s rounded, as the reference scales then adds).
+extern "C" __global__ void __launch_bounds__(256) moe_combine(const float* __restrict__ y, const float* __restrict__ ew,
+                                                              const float* __restrict__ resid, float* __restrict__ out,
+                                                              int n, int k) {
+    pdl_trigger();
+    pdl_wait();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float acc = __fmul_rn(y[i], ew[0]);
+    for (int s = 1; s < k; ++s) acc = __fadd_rn(acc, __fmul_rn(y[(i64)s * n + i], ew[s]));
+    out[i] = __fadd_rn(resid[i], acc);
 }
 
 // argmax of logits[0..n) (the first index on ties and the first NaN if any, as np.argmax) in

@@ -59,6 +59,13 @@ static inline int DP4A(u32 a, u32 b, int c) {
     for (int k = 0; k < 4; ++k) c += (int)(signed char)(a >> (8 * k)) * (int)(signed char)(b >> (8 * k));
     return c;
 }
+// byte k of the result: byte (s >> 4k) & 7 of the 8 bytes y:x (the GPU's __byte_perm)
+static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
+    const unsigned long long v = ((unsigned long long)y << 32) | x;
+    u32 r = 0;
+    for (int k = 0; k < 4; ++k) r |= (u32)((v >> (8 * ((s >> (4 * k)) & 7))) & 0xffu) << (8 * k);
+    return r;
+}
 #endif
 
 // GGML type ids (gguf.GGMLQuantizationType).
@@ -122,6 +129,16 @@ DEV u32 ld32_a2(const u8* p) { return (u32)((const u16*)p)[0] | ((u32)((const u1
 // bit k (k < 4) of v into bit 4 of byte k: the fifth bit of four Q5 levels
 DEV u32 bit4_of_bytes(u32 v) { return (((v & 15u) * 0x00204081u) & 0x01010101u) << 4; }
 
+// MXFP4 levels of four nibbles (the low 4 bits of each byte of q) times four int8 inputs:
+// kvalues_mxfp4 (E2M1 values doubled: {0, 1, 2, 3, 4, 6, 8, 12}, negated when bit 3 is set),
+// their magnitudes looked up with one byte permutation, the negative ones subtracted.
+DEV int mxfp4_dot4(u32 q, u32 x, int s) {
+    const u32 sel = (q & 7u) | ((q >> 4) & 0x70u) | ((q >> 8) & 0x700u) | ((q >> 12) & 0x7000u);
+    const u32 mag = __byte_perm(0x03020100u, 0x0C080604u, sel);
+    const u32 neg = ((q >> 3) & 0x01010101u) * 0xffu;
+    return DP4A(mag & neg, x, 0) * -1 + DP4A(mag & ~neg, x, s);
+}
+
 template <int T>
 DEV float unit_dot_i8(const u8* __restrict__ r, int u, const u32* __restrict__ xw, float dx, int xsum, float s8) {
     int s = 0;
@@ -153,6 +170,16 @@ DEV float unit_dot_i8(const u8* __restrict__ r, int u, const u32* __restrict__ x
             s = DP4A(((w >> 4) & 0x0F0F0F0Fu) | bit4_of_bytes(qh >> (16 + 4 * k)), xw[k + 4], s);
         }
         if (T == T_Q5_0) s -= 16 * xsum;
+    } else if (T == T_MXFP4) {
+        // the block's scale e8m0_half halves the doubled levels; element l is byte l's low
+        // nibble, element l + 16 its high one
+        const u8* b = r + (i64)u * 17;
+        d = e8m0_half(b[0]);
+        for (int k = 0; k < 4; ++k) {
+            const u32 w = ld32(b + 1 + 4 * k);
+            s = mxfp4_dot4(w & 0x0F0F0F0Fu, xw[k], s);
+            s = mxfp4_dot4((w >> 4) & 0x0F0F0F0Fu, xw[k + 4], s);
+        }
     } else if (T == T_Q4_K) {
         // q8_K input: dx is the 256-block's scale; w = (d sc) q - (dmin m) per 32-unit j
         const int j = u & 7;
