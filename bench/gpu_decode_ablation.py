@@ -11,7 +11,8 @@ grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCK
 "wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
 every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
-repeating one layer) and timed with events; the whole decode graph is timed too. The
+repeating one layer) and timed with events; their sum over a step (argmax and embedding
+left out) and the whole decode graph are timed too. The
 difference to the first variant is what that part costs. Variants with FMV_ABLATE other
 than 0 compute wrong values: only their times mean anything. Prints a table; writes
 DIR/gpu_decode_ablation.json.
@@ -100,7 +101,11 @@ def main() -> int:
     rng = np.random.default_rng(1)
     x = cp.asarray(rng.standard_normal((1, cfg.n_embd), dtype=np.float32))
     act = cp.asarray(rng.standard_normal((1, cfg.n_ff), dtype=np.float32))
+    q = cp.asarray(rng.standard_normal((1, cfg.n_head, cfg.head_dim), dtype=np.float32))
+    kv = cp.asarray(rng.standard_normal((1, cfg.n_kv_heads, cfg.head_dim), dtype=np.float32))
+    att_cache = ad.new_cache(128)
     steps: dict[str, Any] = {
+        "rope+attention@64": lambda: [be.rope_attention(q, kv, kv, att_cache, i, 64, cfg) for i in range(n)],
         "norm+qkv": lambda: [
             be.norm_linears(x, ly.attn_norm, cfg.norm_eps, [ly.wq, ly.wk, ly.wv], [ly.bq, ly.bk, ly.bv]) for ly in L
         ],
@@ -119,6 +124,8 @@ def main() -> int:
         be._fmv_blocks_per_sm = bps
         be._fmv_caps = caps
         row = {k: time_graph(fn) / (1 if k == "head" else n) for k, fn in steps.items()}
+        # a step as the sum of its parts: each layer step once per layer, the head once
+        row["sum of the parts"] = sum(t * (1 if k == "head" else n) for k, t in row.items())
         cache = ad.new_cache(16 + 64)
         ad.forward(prompt, 0, cache)
         dec = ad.decoder(cache)
@@ -142,6 +149,7 @@ def main() -> int:
     print(f"{'step':22s}" + "".join(f"{lab[:18]:>20s}" for lab in res))
     for k in base:
         print(f"{k:22s}" + "".join(f"{res[lab].get(k, float('nan')):20.1f}" for lab in res))
+    be.free_kv_cache(att_cache)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "gpu_decode_ablation.json").write_text(json.dumps(res, indent=1))
