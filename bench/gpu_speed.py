@@ -12,7 +12,7 @@ For each file:
          decode of 128 tokens through the decoder generate() uses (the CUDA graph recorded
          at load): tokens/s over the whole job and in steady state (tokens 3..128); weight
          bytes read per token, the GB/s that implies and its share of the copy bandwidth
-         measured here. A model whose prompts run eagerly (gpt-oss) gets decode only.
+         measured here. A model whose prompts run eagerly (gpt-oss) gets decode and TTFT only.
   llama  llama-bench -ngl 99 -fa 1 -p 128,512,2048 -n 128 -r REPS on the same file (CUDA
          build of the llama.cpp vendored by llama-cpp-python; bench/gpu.sh --speed builds it).
   http   (--http) the same 128-token greedy job through a `worker serve --device cuda`
@@ -169,13 +169,32 @@ def step_graph(be: CupyBackend, ad: Any, prompt: np.ndarray) -> dict[str, float]
     return out
 
 
+def ttft_ms(be: CupyBackend, ad: Any, run: Any, reps: int) -> float:
+    """Median ms of run(cache) (a 128-token prompt's logits, into a fresh cache of the
+    adapter's) and its argmax on the host."""
+    ttft = []
+    for r in range(reps + 1):  # the first run warms up
+        cache = ad.new_cache(129)
+        sync()
+        t0 = time.perf_counter()
+        int(np.argmax(run(cache)))
+        if r:
+            ttft.append(time.perf_counter() - t0)
+        be.free_kv_cache(cache)
+    return statistics.median(ttft) * 1e3
+
+
 def measure_decode_only(be: CupyBackend, model: Any, reps: int) -> dict[str, Any]:
-    """A model whose prompts run eagerly (gpt-oss: a prompt's experts are routed on the host):
-    greedy decode only, through the job's decoder, after a 16-token prompt."""
+    """A model whose prompts run eagerly (gpt-oss: the prefill's GEMMs of float weights go
+    through CuPy, which a capture refuses): greedy decode through the job's decoder after a
+    16-token prompt, and the time to first token of a 128-token prompt."""
     ad, cfg = model.adapter, model.cfg
-    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 16)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, cfg.vocab_size, 16)
     out: dict[str, Any] = {"weights_bytes": be._weights_bytes, "decode_bytes": decode_bytes(ad)}
     out["reserved_bytes"] = be._reserved_bytes()
+    ids = rng.integers(0, cfg.vocab_size, 128)
+    out["ttft128_ms"] = ttft_ms(be, ad, lambda c: ad.forward(ids, 0, c), reps)
     out.update(time_greedy(be, ad, prompt, reps))
     out.update(step_graph(be, ad, prompt))
     out["decode_only"] = True
@@ -212,18 +231,8 @@ def measure_ours(path: Path, reps: int) -> dict[str, Any]:
     out["reserved_bytes"] = be._reserved_bytes()
     # down products that took their input rounded by gate/up (load recorded the decode step)
     out["down_inputs_rounded_once_at_load"] = be.rounded_taken
-    for key, run in (("ttft128_ms", lambda c: ad.forward(ids, 0, c)),
-                     ("ttft128_eager_ms", lambda c: be.to_host(ad.logits(ids, 0, c))[0])):  # fmt: skip
-        ttft = []
-        for r in range(reps + 1):
-            cache = ad.new_cache(129)
-            sync()
-            t0 = time.perf_counter()
-            int(np.argmax(run(cache)))
-            if r:
-                ttft.append(time.perf_counter() - t0)
-            be.free_kv_cache(cache)
-        out[key] = statistics.median(ttft) * 1e3
+    out["ttft128_ms"] = ttft_ms(be, ad, lambda c: ad.forward(ids, 0, c), reps)
+    out["ttft128_eager_ms"] = ttft_ms(be, ad, lambda c: be.to_host(ad.logits(ids, 0, c))[0], reps)
     # decode: a 16-token prompt, then DECODE greedy steps through the job's decoder
     prompt = rng.integers(0, cfg.vocab_size, 16)
     out.update(time_greedy(be, ad, prompt, reps))
@@ -392,7 +401,7 @@ def main() -> int:
         print(name, "ours", json.dumps(entry["ours"]), flush=True)
         if args.llama_bench:
             decode_only = entry["ours"].get("decode_only", False)
-            entry["llama"] = measure_llama(args.llama_bench, path, args.reps, () if decode_only else PREFILL)
+            entry["llama"] = measure_llama(args.llama_bench, path, args.reps, (128,) if decode_only else PREFILL)
             print(name, "llama.cpp", json.dumps(entry["llama"]), flush=True)
         if args.http and not entry["ours"].get("decode_only"):
             entry["http"] = measure_http(path)
@@ -409,7 +418,7 @@ def main() -> int:
         for key, label in [("tg128_job", "decode tok/s (job)"), ("tg128_steady", "decode tok/s (steady)"),
                            ("pp128", "prefill tok/s @128"), ("pp512", "prefill tok/s @512"),
                            ("pp2048", "prefill tok/s @2048"), ("ttft128_ms", "TTFT ms @128")]:  # fmt: skip
-            if key not in o:  # decode-only (a model whose step is not recorded)
+            if key not in o:  # decode-only (a model whose prompts run eagerly)
                 continue
             ref = lc.get("tg128" if key.startswith("tg") else key)
             ratio = f"{o[key] / ref:.2f}x" if isinstance(ref, float) and ref else "-"

@@ -111,6 +111,37 @@ def test_norm_moe_on_device_matches_host_routing(gpu, oss):
             assert rel(fused, numpy) < 1e-2
 
 
+@pytest.mark.parametrize("n", [5, 13])
+def test_norm_moe_of_a_prompt_routes_every_token_on_the_device(gpu, oss, monkeypatch, n):
+    """n tokens at once (a prompt): one launch per kind for all tokens (13: in chunks of 4,
+    the last one short), against routing each token on the host and the NumPy reference."""
+    import worker.backends.cupy_backend as cb
+
+    monkeypatch.setattr(cb, "MOE_CHUNK", 4 if n == 13 else cb.MOE_CHUNK)
+    cfg, ad, ref = oss
+    rng = np.random.default_rng(n)
+    L, Ln = ad.layers[1], ref.layers[1]
+    x = rng.standard_normal((n, cfg.n_embd), dtype=np.float32)
+    before = gpu.moe_on_device
+    fused = gpu.norm_moe(cp.asarray(x), L.post_norm, cfg.norm_eps, L.moe)
+    assert gpu.moe_on_device > before
+    composed = Backend.norm_moe(gpu, cp.asarray(x), L.post_norm, cfg.norm_eps, L.moe)
+    numpy = ref.backend.norm_moe(x, Ln.post_norm, cfg.norm_eps, Ln.moe)
+    assert fused.shape == (n, cfg.n_embd)
+    for t in range(n):  # each token on its own: an error in one row must not hide in the norm
+        assert rel(fused[t], composed[t]) < 1e-3, t
+        assert rel(fused[t], numpy[t]) < 1e-2, t
+
+
+def test_yarn_rope_of_a_prompt_reads_the_device_table(gpu, oss):
+    """Consecutive positions the model's table holds take its rows: the reference's bits."""
+    cfg, _, ref = oss
+    assert id(cfg) in gpu._yarn  # made when prepare() recorded the decode step
+    x = np.random.default_rng(4).standard_normal((7, cfg.n_head, cfg.head_dim), dtype=np.float32)
+    for pos in (np.arange(7), np.arange(3000, 3007)):
+        assert bits_equal(gpu.rope(cp.asarray(x), pos, cfg), ref.backend.rope(x, pos, cfg))
+
+
 def test_yarn_sinks_window_attention_matches_composed(gpu, oss):
     """attn_decode with YaRN's table, sinks and gpt-oss's window, past the window's length,
     against RoPE from the host's tables and attention_ext (the composed path)."""

@@ -118,6 +118,9 @@ NULL = np.uint64(0)  # a null pointer kernel argument
 # The widest product output rounded once for the next product (decode.cu's round_output:
 # one counter per 256-row super-block, at most 64)
 ROUND_MAX = 64 * 256
+# Tokens norm_moe routes in one go: bounds its scratch (2 x 4 x 2,880 floats a token for
+# gpt-oss-20b) and keeps a launch's grid rows (tokens x experts) under CUDA's 65,535
+MOE_CHUNK = 512
 PREFETCH_RANGES = 8  # must match attn_decode's arguments in decode.cu
 
 
@@ -311,8 +314,8 @@ class DeviceMatrix:
 class ExpertSlots:
     """A fused product over the experts a router chose (decode.cu's fmv_impl, eids): slot s of
     `slots` takes expert e = ids[s] (device memory): its weights w_stride bytes and its biases
-    b_stride floats past the first expert's; its input x_stride and its output y_stride floats
-    past slot 0's."""
+    b_stride floats past the first expert's; its input row s // x_div, x_stride floats apart;
+    its output y_stride floats past slot 0's."""
 
     ids: Any
     slots: int
@@ -320,6 +323,7 @@ class ExpertSlots:
     b_stride: int
     x_stride: int
     y_stride: int
+    x_div: int = 1
 
 
 @dataclass
@@ -392,6 +396,9 @@ class CupyBackend(Backend):
             except Exception as exc:  # an older CuPy or driver: rows that fit the default only
                 log.warning("fused kernels keep the default shared memory limit: %s", exc)
             self._dummy_i = cp.zeros(1, dtype=cp.int32)
+            # round_output's counters for products launched outside a recorded step (each
+            # launch leaves them at zero again; a GraphDecoder has its own)
+            self._round_cnt = cp.zeros(ROUND_MAX // 256, dtype=cp.uint32)
             self._fmv_blocks_per_sm = FMV_BLOCKS_PER_SM
             self._fmv_caps = (4, 4)  # fmv_plan's wpr_max, rpw_max
             # decode kernels launched with programmatic dependent launch (sm_90; pdl.py), unless
@@ -784,16 +791,25 @@ class CupyBackend(Backend):
         if n == 0:
             return out
         if cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0:
-            # YaRN: the reference's own float32 tables, uploaded (n x rope_dim/2 floats).
-            cos, sin = _yarn_tables(pos, cfg)
+            # YaRN: the reference's own float32 tables: rows of the model's device table
+            # (_yarn_table) for consecutive positions it holds, else made and uploaded
+            tab = self._yarn.get(id(cfg))
+            start = int(pos[0])
+            if (tab is not None and tab[0] is cfg and start >= 0 and start + n <= tab[1]
+                    and np.array_equal(pos, np.arange(start, start + n))):  # fmt: skip
+                cos_d, sin_d = tab[2][start : start + n], tab[3][start : start + n]
+            else:
+                cos, sin = _yarn_tables(pos, cfg)
+                cos_d = cp.asarray(np.ascontiguousarray(cos.reshape(n, -1)))
+                sin_d = cp.asarray(np.ascontiguousarray(sin.reshape(n, -1)))
             self._fn("rope_table")(
                 (n * n_head,),
                 (64,),
                 (
                     x,
                     out,
-                    cp.asarray(np.ascontiguousarray(cos.reshape(n, -1))),
-                    cp.asarray(np.ascontiguousarray(sin.reshape(n, -1))),
+                    cos_d,
+                    sin_d,
                     np.int32(n_head),
                     np.int32(d),
                     np.int32(cfg.rope_dim),
@@ -1119,7 +1135,7 @@ class CupyBackend(Backend):
             # y rounded once here for the down projection (decode.cu's round_output / load_pre)
             nsb = half // 256
             step = self._step
-            cnt = step.round_cnt if step is not None else cp.zeros(ROUND_MAX // 256, dtype=cp.uint32)
+            cnt = step.round_cnt if step is not None else self._round_cnt
             rnd = (cp.empty(half, dtype=cp.int8), cp.empty(8 * nsb, dtype=cp.float32),
                    cp.empty(8 * nsb, dtype=cp.int32), cnt)  # fmt: skip
         self._fmv_launch(x, norm, eps, 2, segs, [None, None], [y], w_up.act_type, rnd=rnd)
@@ -1146,8 +1162,9 @@ class CupyBackend(Backend):
         # rows of each weight back to back, whole blocks: several rows per warp may be staged
         # as one run of bytes (fmv_plan's seg_rows)
         whole = all(rb * get_format(t).block_size == k * get_format(t).type_size for _, rb, t, _ in segs)
-        # (sized for every slot's rows: the grid's rows of blocks share the multiprocessors)
-        plan = fmv_plan(k, mode, total * slots, tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
+        # (sized for the rows of up to 4 slots, which share the multiprocessors: more slots
+        # than that fill a wave by themselves)
+        plan = fmv_plan(k, mode, total * min(slots, 4), tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
                         self._fmv_blocks_per_sm, self._smem_per_sm,
                         tuple(sg[3] for sg in segs) if whole else (), *self._fmv_caps)  # fmt: skip
         if plan is None:  # _shared_input checked the input's part; a ring slot did not fit
@@ -1170,10 +1187,10 @@ class CupyBackend(Backend):
         args += list(rnd) if rnd is not None else [NULL] * 4
         args += list(pre) if pre is not None else [NULL] * 3
         if experts is None:
-            args += [NULL, np.int64(0), np.int64(0), np.int32(0), np.int32(0)]
+            args += [NULL, np.int64(0), np.int64(0), np.int32(0), np.int32(1), np.int32(0)]
         else:
             args += [experts.ids, np.int64(experts.w_stride), np.int64(experts.b_stride), np.int32(experts.x_stride),
-                     np.int32(experts.y_stride)]  # fmt: skip
+                     np.int32(experts.x_div), np.int32(experts.y_stride)]  # fmt: skip
         args += [np.float32(oai[0] if oai else 0.0), np.float32(oai[1] if oai else 0.0)]
         self._launch_dep("fmv_" + act, grid, FMV_THREADS, tuple(args), plan.smem, grid_y=slots)
 
@@ -1262,41 +1279,47 @@ class CupyBackend(Backend):
 
     @_device_op
     def norm_moe(self, x: Any, norm: Any, eps: float, moe: MoE) -> Any:
-        """One row: five launches, no copy to the host. The router's product (with the norm),
-        moe_route (top-k and their softmax weights, into device memory), gate and up of every
-        chosen expert with the clamped SwiGLU (one fmv launch, a row of blocks per expert),
-        their down products (likewise), and moe_combine (the weighted sum in the reference's
-        order, plus x). Anything else: the base class's host routing."""
+        """No copy to the host, five launches for up to MOE_CHUNK tokens: the router's product
+        (with the norm), moe_route (a warp a token: top-k and their softmax weights, into
+        device memory), gate and up of every chosen expert with the clamped SwiGLU (one fmv
+        launch, a row of blocks per token and expert), their down products (likewise), and
+        moe_combine (the weighted sum in the reference's order, plus x). Anything else: the
+        base class's host routing."""
         x = self._f32(x)
         if not self._moe_fusable(x, moe):
             if self._step is not None and self._step.capturing:
                 raise RuntimeError("norm_moe: this shape has no device-routing kernel")
             return super().norm_moe(x, norm, eps, moe)
         self.moe_on_device += 1
+        n = x.shape[0]
+        if n > MOE_CHUNK:
+            return cp.concatenate([self.norm_moe(x[t : t + MOE_CHUNK], norm, eps, moe) for t in range(0, n, MOE_CHUNK)])
         g0, u0, d0 = moe.gate[0], moe.up[0], moe.down[0]
         kk, n_exp, ff, e = moe.n_used, len(moe.gate), g0.n_out, d0.n_out
+        slots = n * kk
         (logits,) = self.norm_linears(x, norm, eps, [moe.router], [moe.router_b])
-        ids = cp.empty(kk, dtype=cp.int32)
-        wts = cp.empty(kk, dtype=cp.float32)
-        self._launch_dep("moe_route", 1, 32, (logits, np.int32(n_exp), np.int32(kk), ids, wts))
-        act = cp.empty((kk, ff), dtype=cp.float32)
-        gu = ExpertSlots(ids, kk, g0.n_out * g0.row_bytes, ff, 0, ff)
+        logits = cp.ascontiguousarray(logits)
+        ids = cp.empty(slots, dtype=cp.int32)
+        wts = cp.empty(slots, dtype=cp.float32)
+        self._launch_dep("moe_route", n, 32, (logits, np.int32(n_exp), np.int32(kk), ids, wts))
+        act = cp.empty((slots, ff), dtype=cp.float32)
+        gu = ExpertSlots(ids, slots, g0.n_out * g0.row_bytes, ff, e, ff, x_div=kk)
         segs = [(g0.raw, g0.row_bytes, g0.type_id, ff), (u0.raw, u0.row_bytes, u0.type_id, ff)]
         self._fmv_launch(x, norm, eps, 2, segs, [self._bias(moe.gate_b), self._bias(moe.up_b)], [act], g0.act_type,
                          experts=gu, oai=(moe.alpha, moe.limit))  # fmt: skip
-        y = cp.empty((kk, e), dtype=cp.float32)
-        dn = ExpertSlots(ids, kk, d0.n_out * d0.row_bytes, e, ff, e)
+        y = cp.empty((slots, e), dtype=cp.float32)
+        dn = ExpertSlots(ids, slots, d0.n_out * d0.row_bytes, e, ff, e)
         self._fmv_launch(act, None, 0.0, 0, [(d0.raw, d0.row_bytes, d0.type_id, e)], [self._bias(moe.down_b)], [y],
                          d0.act_type, experts=dn)  # fmt: skip
-        out = cp.empty((1, e), dtype=cp.float32)
-        self._launch_dep("moe_combine", -(-e // 256), 256, (y, wts, x, out, np.int32(e), np.int32(kk)))
+        out = cp.empty((n, e), dtype=cp.float32)
+        self._launch_dep("moe_combine", -(-e // 256), 256, (y, wts, x, out, np.int32(e), np.int32(kk)), grid_y=n)
         return out
 
     def _moe_fusable(self, x: Any, moe: MoE) -> bool:
-        """One row; the experts' weights back to back in one buffer per tensor (experts()), of
+        """Rows of x; the experts' weights back to back in one buffer per tensor (experts()), of
         kinds the fused products take; biases of every expert; at most 256 experts, 8 of them
         a token (moe_route)."""
-        if x.ndim != 2 or x.shape[0] != 1 or not 1 <= moe.n_used <= min(8, len(moe.gate)) or len(moe.gate) > 256:
+        if x.ndim != 2 or x.shape[0] < 1 or not 1 <= moe.n_used <= min(8, len(moe.gate)) or len(moe.gate) > 256:
             return False
         mats = (moe.gate, moe.up, moe.down)
         if not all(isinstance(m, list) and len(m) == len(moe.gate) and all(isinstance(w, DeviceMatrix) for w in m)

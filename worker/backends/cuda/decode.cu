@@ -637,13 +637,14 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
                   const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2,
                   const float* __restrict__ resid, i8* rq, float* rd, int* rsum, unsigned* rcnt,
                   const i8* __restrict__ pq, const float* __restrict__ pd, const int* __restrict__ psum,
-                  const int* __restrict__ eids, i64 wstride, i64 bstride, int xstride, int ystride,
+                  const int* __restrict__ eids, i64 wstride, i64 bstride, int xstride, int xdiv, int ystride,
                   float oai_alpha, float oai_limit) {
     extern __shared__ __align__(16) float fmv_smem[];
     if (eids != nullptr) {
         // Experts a router chose (gpt-oss): grid row s takes expert eids[s], written by the
         // kernel before (so no weight copies start ahead of pdl_wait here): its weights and
-        // biases, its own input row (xstride, the down projection) and output row.
+        // biases, input row s / xdiv (a token's k slots share its row; the down projection
+        // has a row per slot) and output row s.
         pdl_wait();
         const int s = blockIdx.y;
         const i64 e = eids[s];
@@ -651,7 +652,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         if (W1 != nullptr) W1 += e * wstride;
         if (b0 != nullptr) b0 += e * bstride;
         if (b1 != nullptr) b1 += e * bstride;
-        x += (i64)s * xstride;
+        x += (i64)(s / xdiv) * xstride;
         y0 += (i64)s * ystride;
     }
     __shared__ float red_g[FMV_RED_ROUNDS][FMV_WARPS], red_u[FMV_RED_ROUNDS][FMV_WARPS];
@@ -818,12 +819,12 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         const u8* W1, i64 rb1, int t1, int n1, const float* b1, float* y1,                             \
         const u8* W2, i64 rb2, int t2, int n2, const float* b2, float* y2, const float* resid,         \
         i8* rq, float* rd, int* rsum, unsigned* rcnt, const i8* pq, const float* pd, const int* psum,  \
-        const int* eids, i64 wstride, i64 bstride, int xstride, int ystride, float oai_alpha,          \
+        const int* eids, i64 wstride, i64 bstride, int xstride, int xdiv, int ystride, float oai_alpha, \
         float oai_limit) {                                                                             \
         fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0, \
                     W1, rb1, t1, n1, b1, y1,                                                           \
                     W2, rb2, t2, n2, b2, y2, resid, rq, rd, rsum, rcnt, pq, pd, psum,                  \
-                    eids, wstride, bstride, xstride, ystride, oai_alpha, oai_limit);                   \
+                    eids, wstride, bstride, xstride, xdiv, ystride, oai_alpha, oai_limit);             \
     }
 
 FMV_INSTANTIATE(A_F32, f32)
@@ -1053,14 +1054,18 @@ DEV bool route_before(float v, int i, float bv, int bi) {
     return v > bv || (v == bv && i < bi);
 }
 
-// gpt-oss's routing of one token, one warp: the k (<= 8) experts first in router order (of
+// gpt-oss's routing, a warp (block) per token: the k (<= 8) experts first in router order (of
 // n <= 256, 8 a lane, kept in registers) and the softmax of their logits: exp(l - max) in
 // float32, their sum in double, in order, times float32(1 / sum) (base.Backend.norm_moe).
+// Token t's logits are row t of [tokens, n]; its choices go to eids / ew [t * k ..].
 extern "C" __global__ void __launch_bounds__(32) moe_route(const float* __restrict__ logits, int n, int k,
                                                            int* __restrict__ eids, float* __restrict__ ew) {
     pdl_trigger();
     pdl_wait();
     const int lane = threadIdx.x;
+    logits += (i64)blockIdx.x * n;
+    eids += (i64)blockIdx.x * k;
+    ew += (i64)blockIdx.x * k;
     float v[8];
     bool free_[8];
 #pragma unroll
@@ -1111,7 +1116,8 @@ extern "C" __global__ void __launch_bounds__(32) moe_route(const float* __restri
 }
 
 // out = resid + the experts' outputs y [k][n] weighted by ew, added in slot order (each
-// y_s * w_s rounded, as the reference scales then adds).
+// y_s * w_s rounded, as the reference scales then adds); token t (grid row t): rows t of
+// resid and out [tokens, n], y [t * k ..], ew [t * k ..].
 extern "C" __global__ void __launch_bounds__(256) moe_combine(const float* __restrict__ y, const float* __restrict__ ew,
                                                               const float* __restrict__ resid, float* __restrict__ out,
                                                               int n, int k) {
@@ -1119,6 +1125,11 @@ extern "C" __global__ void __launch_bounds__(256) moe_combine(const float* __res
     pdl_wait();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    const i64 t = blockIdx.y;
+    y += t * k * n;
+    ew += t * k;
+    resid += t * n;
+    out += t * n;
     float acc = __fmul_rn(y[i], ew[0]);
     for (int s = 1; s < k; ++s) acc = __fadd_rn(acc, __fmul_rn(y[(i64)s * n + i], ew[s]));
     out[i] = __fadd_rn(resid[i], acc);
