@@ -5,17 +5,18 @@
 
 The CUDA module is compiled once per FMV_ABLATE variant (decode.cu): 0 as the worker runs
 it, 1 without the dot products' arithmetic, 2 without the input's norm and rounding, 3
-without the attention kernel's L2 prefetches, 4 without weight loads. "plain launches" is
+without any L2 prefetch (attention's and the products'), 4 without weight loads. "plain launches" is
 variant 0 without programmatic dependent launch (pdl.py); "N blocks/SM" sizes the product
 grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM;
-"wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp.
+"wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp; "no row prefetch"
+is variant 5 and "no attention hints" variant 0 without attention's prefetch of the weights
+the layer reads next; "as shipped, again" repeats the first to show the run's noise.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
 every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
 repeating one layer) and timed with events; their sum over a step (argmax and embedding
-left out) and the whole decode graph are timed too. The
-difference to the first variant is what that part costs. Variants with FMV_ABLATE other
-than 0 compute wrong values: only their times mean anything. Prints a table; writes
-DIR/gpu_decode_ablation.json.
+left out) and the whole decode graph are timed too. The difference to the first variant is
+what that part costs. Variants with FMV_ABLATE other than 0 compute wrong values: only their
+times mean anything. Prints a table; writes DIR/gpu_decode_ablation.json.
 """
 
 from __future__ import annotations
@@ -37,21 +38,24 @@ from worker.backends import cupy_backend as cb  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
 # label -> (FMV_ABLATE, programmatic dependent launch, product blocks per multiprocessor,
-# fmv_plan's caps on warps per row and rows per warp)
+# fmv_plan's caps on warps per row and rows per warp, attention's prefetch hints)
 B = cb.FMV_BLOCKS_PER_SM
 VARIANTS = {
-    "as shipped": (0, True, B, (4, 4)),
-    "plain launches": (0, False, B, (4, 4)),
-    "3 blocks/SM": (0, True, 3, (4, 4)),
-    "2 blocks/SM": (0, True, 2, (4, 4)),
-    "1 block/SM": (0, True, 1, (4, 4)),
-    "wpr<=2": (0, True, B, (2, 4)),
-    "rpw<=2": (0, True, B, (4, 2)),
-    "rpw=1": (0, True, B, (4, 1)),
-    "no dot arithmetic": (1, True, B, (4, 4)),
-    "no norm/rounding": (2, True, B, (4, 4)),
-    "no L2 prefetch": (3, True, B, (4, 4)),
-    "no weight loads": (4, True, B, (4, 4)),
+    "as shipped": (0, True, B, (4, 4), True),
+    "as shipped, again": (0, True, B, (4, 4), True),
+    "plain launches": (0, False, B, (4, 4), True),
+    "3 blocks/SM": (0, True, 3, (4, 4), True),
+    "2 blocks/SM": (0, True, 2, (4, 4), True),
+    "1 block/SM": (0, True, 1, (4, 4), True),
+    "wpr<=2": (0, True, B, (2, 4), True),
+    "rpw<=2": (0, True, B, (4, 2), True),
+    "rpw=1": (0, True, B, (4, 1), True),
+    "no dot arithmetic": (1, True, B, (4, 4), True),
+    "no norm/rounding": (2, True, B, (4, 4), True),
+    "no L2 prefetch": (3, True, B, (4, 4), True),
+    "no weight loads": (4, True, B, (4, 4), True),
+    "no row prefetch": (5, True, B, (4, 4), True),
+    "no attention hints": (0, True, B, (4, 4), False),
 }
 
 
@@ -117,12 +121,13 @@ def main() -> int:
     prompt = rng.integers(0, cfg.vocab_size, 16)
     res: dict[str, dict[str, float]] = {}
     for label in chosen:
-        v, use_pdl, bps, caps = VARIANTS[label]
+        v, use_pdl, bps, caps, hints = VARIANTS[label]
         be._module = module(v)
         be._functions.clear()
         be._pdl = pdl if use_pdl else None
         be._fmv_blocks_per_sm = bps
         be._fmv_caps = caps
+        be._prefetch_hints = hints
         row = {k: time_graph(fn) / (1 if k == "head" else n) for k, fn in steps.items()}
         # a step as the sum of its parts: each layer step once per layer, the head once
         row["sum of the parts"] = sum(t * (1 if k == "head" else n) for k, t in row.items())

@@ -366,6 +366,9 @@ class CupyBackend(Backend):
         self.rounded_taken = 0
         self.moe_on_device = 0  # norm_moe calls routed on the device (tests/cuda checks the path runs)
         self._round_once = os.environ.get("WORKER_CUDA_ROUND_ONCE", "1") != "0"  # an A/B switch
+        # attention's L2 prefetch of the weights the layer reads next (an A/B switch, as is
+        # bench/gpu_decode_ablation.py's "no attention hints")
+        self._prefetch_hints = os.environ.get("WORKER_CUDA_PREFETCH_HINTS", "1") != "0"
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
         self._step: GraphDecoder | None = None
@@ -1196,7 +1199,8 @@ class CupyBackend(Backend):
 
     def prefetch(self, weights: list[Any]) -> None:
         # taken by the next fused attention launch (it reads no weights itself)
-        self._pending_prefetch = [(w.raw.data.ptr, w.nbytes) for w in weights if isinstance(w, DeviceMatrix)]
+        if self._prefetch_hints:
+            self._pending_prefetch = [(w.raw.data.ptr, w.nbytes) for w in weights if isinstance(w, DeviceMatrix)]
 
     def _yarn_table(self, cfg: ModelConfig, need: int) -> tuple[Any, Any] | None:
         """YaRN RoPE's cos and sin [position, rope_dim / 2] on the device, the reference's own

@@ -14,7 +14,8 @@
 
 // FMV_ABLATE (bench/gpu_decode_ablation.py compiles variants; 0 in the worker): 1 skips the
 // dot products' arithmetic, 2 the input's norm and rounding, 3 the L2 prefetches, 4 the
-// weight loads. Timing each against 0 says where a product's time goes.
+// weight loads, 5 the products' own prefetches of rows past their ring (not attention's).
+// Timing each against 0 says where a product's time goes.
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
 #endif
@@ -690,7 +691,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     // Rows past the ring (a head of 151,936 rows) go into L2 one round ahead of their copies:
     // one bulk prefetch per block and round (its rows are contiguous within a weight).
     auto prefetch_round = [&](int it) {
-        if (it >= iters || threadIdx.x != 0) return;
+        if (FMV_ABLATE == 5 || it >= iters || threadIdx.x != 0) return;
         const int lo = (blockIdx.x * iters + it) * rows_per_iter, hi = min(total, lo + rows_per_iter);
         if (lo >= hi) return;
         if (mode >= 2) {
