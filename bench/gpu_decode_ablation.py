@@ -8,9 +8,9 @@ it, 1 without the dot products' arithmetic, 2 without the input's norm and round
 without any L2 prefetch (attention's and the products'), 4 without weight loads. "plain launches" is
 variant 0 without programmatic dependent launch (pdl.py); "N blocks/SM" sizes the product
 grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM;
-"wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp; "no row prefetch"
-is variant 5 and "no attention hints" variant 0 without attention's prefetch of the weights
-the layer reads next; "as shipped, again" repeats the first to show the run's noise.
+"wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp; "no attention
+hints" is variant 0 without attention's prefetch of the weights the layer reads next; "as
+shipped again" repeats the first to show the run's noise.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
 every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
 repeating one layer) and timed with events; their sum over a step (argmax and embedding
@@ -42,7 +42,7 @@ from worker.model import load_model  # noqa: E402
 B = cb.FMV_BLOCKS_PER_SM
 VARIANTS = {
     "as shipped": (0, True, B, (4, 4), True),
-    "as shipped, again": (0, True, B, (4, 4), True),
+    "as shipped again": (0, True, B, (4, 4), True),
     "plain launches": (0, False, B, (4, 4), True),
     "3 blocks/SM": (0, True, 3, (4, 4), True),
     "2 blocks/SM": (0, True, 2, (4, 4), True),
@@ -54,7 +54,6 @@ VARIANTS = {
     "no norm/rounding": (2, True, B, (4, 4), True),
     "no L2 prefetch": (3, True, B, (4, 4), True),
     "no weight loads": (4, True, B, (4, 4), True),
-    "no row prefetch": (5, True, B, (4, 4), True),
     "no attention hints": (0, True, B, (4, 4), False),
 }
 

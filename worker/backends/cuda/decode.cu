@@ -14,8 +14,7 @@
 
 // FMV_ABLATE (bench/gpu_decode_ablation.py compiles variants; 0 in the worker): 1 skips the
 // dot products' arithmetic, 2 the input's norm and rounding, 3 the L2 prefetches, 4 the
-// weight loads, 5 the products' own prefetches of rows past their ring (not attention's).
-// Timing each against 0 says where a product's time goes.
+// weight loads. Timing each against 0 says where a product's time goes.
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
 #endif
@@ -688,23 +687,6 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         return 2;
     };
     auto row_of = [&](int w, int r) -> const u8* { return w == 0 ? W0 + (i64)r * rb0 : w == 1 ? W1 + (i64)r * rb1 : W2 + (i64)r * rb2; };
-    // Rows past the ring (a head of 151,936 rows) go into L2 one round ahead of their copies:
-    // one bulk prefetch per block and round (its rows are contiguous within a weight).
-    auto prefetch_round = [&](int it) {
-        if (FMV_ABLATE == 5 || it >= iters || threadIdx.x != 0) return;
-        const int lo = (blockIdx.x * iters + it) * rows_per_iter, hi = min(total, lo + rows_per_iter);
-        if (lo >= hi) return;
-        if (mode >= 2) {
-            prefetch_bytes(W0 + (i64)lo * rb0, (i64)(hi - lo) * rb0);
-            prefetch_bytes(W1 + (i64)lo * rb1, (i64)(hi - lo) * rb1);
-        } else {
-            const int a0 = min(lo, n0), a1 = min(hi, n0), c0 = max(lo - n0, 0), c1 = min(max(hi - n0, 0), n1);
-            const int e0 = max(lo - n0 - n1, 0), e1 = min(max(hi - n0 - n1, 0), n2);
-            if (a1 > a0) prefetch_bytes(W0 + (i64)a0 * rb0, (i64)(a1 - a0) * rb0);
-            if (c1 > c0) prefetch_bytes(W1 + (i64)c0 * rb1, (i64)(c1 - c0) * rb1);
-            if (e1 > e0) prefetch_bytes(W2 + (i64)e0 * rb2, (i64)(e1 - e0) * rb2);
-        }
-    };
     // Round it's copies into ring slot sl; one commit group per round, empty or not
     // (cp_async_wait counts rounds).
     auto issue = [&](int it, int sl) {
@@ -742,8 +724,8 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     };
     pdl_trigger();
     for (int it = 0; it < nst; ++it) issue(it, it);
-    const bool ahead = iters > nst;  // rounds past the ring: L2 prefetches
-    if (ahead) prefetch_round(nst);
+    // (Rows past the ring are not prefetched into L2 ahead of their copies: on the H200 that
+    // cost the Qwen-shape step ~30 µs, bench/gpu_decode_ablation.py's "no row prefetch".)
     stage_norm(nw, K, xs);
     pdl_wait();
     if (pq != nullptr) load_pre(pq, pd, psum, K, xs);
@@ -772,7 +754,6 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         }
         __syncwarp();  // the slot is free: refill it with round it + nst
         issue(it + nst, sl);
-        if (ahead) prefetch_round(it + nst + 1);
         sl = sl + 1 == nst ? 0 : sl + 1;
         // the lanes holding a row's sum: lane 0, or with rpw > 1 one lane per row
         const bool holds = rpw > 1 ? rows_dot_holds(lane, rpw) : lane == 0;
