@@ -48,6 +48,12 @@ class ModelConfig:
     yarn_beta_fast: float = 32.0
     yarn_beta_slow: float = 1.0
 
+    @property
+    def rope_yarn(self) -> bool:
+        """RoPE through YaRN's tables (ggml's rope_yarn): a scaled frequency, extrapolation
+        mixed in, or a magnitude factor."""
+        return bool(self.rope_ext_factor or self.rope_freq_scale != 1.0 or self.rope_attn_factor != 1.0)
+
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> ModelConfig:
         arch = f.architecture

@@ -793,7 +793,7 @@ class CupyBackend(Backend):
         out = cp.empty_like(x)
         if n == 0:
             return out
-        if cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0:
+        if cfg.rope_yarn:
             # YaRN: the reference's own float32 tables: rows of the model's device table
             # (_yarn_table) for consecutive positions it holds, else made and uploaded
             tab = self._yarn.get(id(cfg))
@@ -1234,7 +1234,7 @@ class CupyBackend(Backend):
     ) -> Any:
         n, n_head, d = q.shape
         n_kv = k.shape[1]
-        yarn = cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0
+        yarn = cfg.rope_yarn
         step = self._step
         table = None
         if yarn and n == 1 and cfg.rope_style != "none":
@@ -1406,11 +1406,16 @@ class CupyBackend(Backend):
 
     # -- prompt graphs (prompt_graphs.py) ----------------------------------------------------------
     def prepare(self, adapter: Any, max_len: int) -> None:
-        """Record, and reserve the memory of, the adapter's decode step (one GraphDecoder lent
-        to one job at a time) and its prompt graphs (lengths 2..min(max_len, 512)). Without
+        """Make a YaRN model's RoPE table (_yarn_table). Record, and reserve the memory of, the
+        adapter's decode step (one GraphDecoder lent to one job at a time) and its prompt
+        graphs (lengths 2..min(max_len, 512)). Without
         them (capture failed, too little memory, a non-capturable adapter,
         WORKER_CUDA_GRAPHS=0 / WORKER_CUDA_PROMPT_GRAPHS=0) a job records its own decode step
         and runs its prompt eagerly, with the same kernels."""
+        cfg = getattr(adapter, "cfg", None)
+        if isinstance(cfg, ModelConfig) and cfg.rope_yarn and cfg.rope_style != "none":
+            with self._device:  # at load, not at a job's first token: its memory is the model's
+                self._yarn_table(cfg, max_len)
         if not getattr(adapter, "capturable", False):
             return
         if os.environ.get("WORKER_CUDA_GRAPHS", "1") != "0":

@@ -160,7 +160,7 @@ class NumpyBackend(Backend):
     def rope(self, x: np.ndarray, positions: np.ndarray, cfg: ModelConfig) -> np.ndarray:
         if cfg.rope_style == "none":
             return x
-        if cfg.rope_ext_factor or cfg.rope_freq_scale != 1.0 or cfg.rope_attn_factor != 1.0:
+        if cfg.rope_yarn:
             cos, sin = _yarn_tables(positions, cfg)
         else:
             cos, sin = _rope_tables(positions, cfg.rope_dim, cfg.rope_base)
