@@ -62,3 +62,24 @@ def test_a_prompt_goes_through_prompt_forward(model_path: Path) -> None:
     assert got.shape == (m.cfg.vocab_size,) and np.array_equal(got, want)
     ad.forward(np.array([int(got.argmax())]), 7, ad.new_cache(9))  # a one-token step too
     assert be.prompts[-1] == (1, 7)
+
+
+@pytest.mark.realmodel
+def test_gpt_oss_steps_are_recordable_and_its_prompts_are_not(tmp_path: Path) -> None:
+    """gpt-oss's one-token step reads nothing from the host (CUDA records it at load), but its
+    prompt is not recorded (prompt graphs are the Llama family's): the flags prepare() reads.
+    Its forward() goes through prompt_forward and gives what logits() gives; gpt2 (learned
+    positions looked up from the host) is neither."""
+    from fixtures.build import build_fixture
+
+    be = Recording()
+    m = load_model(build_fixture("gpt-oss", tmp_path), be)
+    ad = m.adapter
+    assert (ad.capturable, ad.prompt_capturable) == (True, False)
+    assert be.prepared == [(ad, m.context_length)]
+    ids = np.arange(5) % m.cfg.vocab_size
+    got = ad.forward(ids, 0, ad.new_cache(6))
+    assert be.prompts == [(5, 0)]
+    assert np.array_equal(got, be.to_host(ad.logits(ids, 0, ad.new_cache(6)))[0])
+    gpt2 = load_model(build_fixture("gpt2", tmp_path), NumpyBackend()).adapter
+    assert (gpt2.capturable, gpt2.prompt_capturable) == (False, False)
