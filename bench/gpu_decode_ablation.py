@@ -9,14 +9,20 @@ without any L2 prefetch (attention's and the products'), 4 without weight loads.
 variant 0 without programmatic dependent launch (pdl.py); "N blocks/SM" sizes the product
 grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM;
 "wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp; "no attention
-hints" is variant 0 without attention's prefetch of the weights the layer reads next; "as
-shipped again" repeats the first to show the run's noise.
+hints" is variant 0 without attention's prefetch of the weights the layer reads next; "norm
+weights staged in sync" (5) loads the products' norm weights with plain loads, not cp.async;
+"no K/V or cos/sin ahead" (6) has attention load the cached rows and RoPE's table row after
+pdl_wait; "down stages after the wait" (8) has the down projection copy its rows only once its input exists; "no rope
+table" has attention compute RoPE's cos and sin at each step; "as shipped
+again" repeats the first to show the run's noise; "down rounds its input" has every down
+block round gate/up's output itself (no round_output); "<product> N blocks/SM" sizes that one
+product's grid (qkv, o, gate/up, down, head) for N.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
 every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
 repeating one layer) and timed with events; their sum over a step (argmax and embedding
 left out) and the whole decode graph are timed too. The difference to the first variant is
-what that part costs. Variants with FMV_ABLATE other than 0 compute wrong values: only their
-times mean anything. Prints a table; writes DIR/gpu_decode_ablation.json.
+what that part costs. Variants with FMV_ABLATE 1 to 4 compute wrong values: only their
+times mean anything (5, 6 and 8 compute the same values). Prints a table; writes DIR/gpu_decode_ablation.json.
 """
 
 from __future__ import annotations
@@ -38,24 +44,55 @@ from worker.backends import cupy_backend as cb  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
 # label -> (FMV_ABLATE, programmatic dependent launch, product blocks per multiprocessor,
-# fmv_plan's caps on warps per row and rows per warp, attention's prefetch hints)
+# fmv_plan's caps on warps per row and rows per warp, backend switches set otherwise than
+# shipped: attention's prefetch hints, RoPE from the model's table, gate/up rounding down's
+# input once)
 B = cb.FMV_BLOCKS_PER_SM
-VARIANTS = {
-    "as shipped": (0, True, B, (4, 4), True),
-    "as shipped again": (0, True, B, (4, 4), True),
-    "plain launches": (0, False, B, (4, 4), True),
-    "3 blocks/SM": (0, True, 3, (4, 4), True),
-    "2 blocks/SM": (0, True, 2, (4, 4), True),
-    "1 block/SM": (0, True, 1, (4, 4), True),
-    "wpr<=2": (0, True, B, (2, 4), True),
-    "rpw<=2": (0, True, B, (4, 2), True),
-    "rpw=1": (0, True, B, (4, 1), True),
-    "no dot arithmetic": (1, True, B, (4, 4), True),
-    "no norm/rounding": (2, True, B, (4, 4), True),
-    "no L2 prefetch": (3, True, B, (4, 4), True),
-    "no weight loads": (4, True, B, (4, 4), True),
-    "no attention hints": (0, True, B, (4, 4), False),
+SWITCHES: dict[str, object] = {
+    "_prefetch_hints": True,
+    "_rope_tables": True,
+    "_round_once": True,
 }
+VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] = {
+    "as shipped": (0, True, B, (4, 4), {}),
+    "as shipped again": (0, True, B, (4, 4), {}),
+    "plain launches": (0, False, B, (4, 4), {}),
+    "3 blocks/SM": (0, True, 3, (4, 4), {}),
+    "2 blocks/SM": (0, True, 2, (4, 4), {}),
+    "1 block/SM": (0, True, 1, (4, 4), {}),
+    "wpr<=2": (0, True, B, (2, 4), {}),
+    "rpw<=2": (0, True, B, (4, 2), {}),
+    "rpw=1": (0, True, B, (4, 1), {}),
+    "no dot arithmetic": (1, True, B, (4, 4), {}),
+    "no norm/rounding": (2, True, B, (4, 4), {}),
+    "no L2 prefetch": (3, True, B, (4, 4), {}),
+    "no weight loads": (4, True, B, (4, 4), {}),
+    "no attention hints": (0, True, B, (4, 4), {"_prefetch_hints": False}),
+    "norm weights staged in sync": (5, True, B, (4, 4), {}),
+    "no K/V or cos/sin ahead": (6, True, B, (4, 4), {}),
+    "down stages after the wait": (8, True, B, (4, 4), {}),
+    "no rope table": (0, True, B, (4, 4), {"_rope_tables": False}),
+    "down rounds its input": (0, True, B, (4, 4), {"_round_once": False}),
+}
+# label -> {product: blocks per multiprocessor} for single products (the rest as shipped)
+PER_PRODUCT = {
+    f"{what} {n} blocks/SM": {what: n} for what in ("qkv", "o", "gate/up", "down", "head") for n in (1, 2, 3)
+}
+for _label in PER_PRODUCT:
+    VARIANTS[_label] = (0, True, B, (4, 4), {})
+
+
+def product_keys(ad: Any) -> dict[str, tuple[int, int, int]]:
+    """Each product of a Llama-family step as CupyBackend._fmv_launch keys _fmv_bps_for:
+    (mode, columns, rows)."""
+    cfg, ly = ad.cfg, ad.layers[0]
+    return {
+        "qkv": (0, cfg.n_embd, ly.wq.n_out + ly.wk.n_out + ly.wv.n_out),
+        "o": (1, ly.wo.n_in, cfg.n_embd),
+        "gate/up": (2, cfg.n_embd, cfg.n_ff),
+        "down": (1, cfg.n_ff, cfg.n_embd),
+        "head": (0, cfg.n_embd, ad.output.n_out),
+    }
 
 
 def module(variant: int) -> Any:
@@ -118,15 +155,18 @@ def main() -> int:
         "head": lambda: be.norm_linears(x, ad.out_norm, cfg.norm_eps, [ad.output], [None]),
     }
     prompt = rng.integers(0, cfg.vocab_size, 16)
+    products = product_keys(ad)
     res: dict[str, dict[str, float]] = {}
     for label in chosen:
-        v, use_pdl, bps, caps, hints = VARIANTS[label]
+        v, use_pdl, bps, caps, switches = VARIANTS[label]
         be._module = module(v)
         be._functions.clear()
         be._pdl = pdl if use_pdl else None
         be._fmv_blocks_per_sm = bps
         be._fmv_caps = caps
-        be._prefetch_hints = hints
+        for name, on in {**SWITCHES, **switches}.items():
+            setattr(be, name, on)
+        be._fmv_bps_for = {products[what]: n for what, n in PER_PRODUCT.get(label, {}).items()}
         row = {k: time_graph(fn) / (1 if k == "head" else n) for k, fn in steps.items()}
         # a step as the sum of its parts: each layer step once per layer, the head once
         row["sum of the parts"] = sum(t * (1 if k == "head" else n) for k, t in row.items())

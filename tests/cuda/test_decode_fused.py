@@ -176,10 +176,16 @@ def test_fused_product_rows_split_over_warps(gpu, qtype):
     assert rel(y, ref.linear_add(x, wn, resid)) < 1e-5
 
 
+@pytest.mark.parametrize("table", [False, True], ids=["cos-sin-computed", "cos-sin-from-table"])
 @pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape"])
 @pytest.mark.parametrize("q_scale", [None, 0.125])
-def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale):
+def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale, table):
+    """table: RoPE's cos and sin from the model's table (_rope_table, made at prepare()) rather
+    than computed in attn_decode: the K rows written must still be the composed path's bits."""
     cfg, _ = _load(tiny_models[arch], NumpyBackend())
+    if table:
+        gpu._rope_table(cfg, make=40)
+        assert gpu._rope_table(cfg) is not None
     rng = np.random.default_rng(11)
     d, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_kv_heads
     caches = [gpu.new_kv_cache(cfg, 40) for _ in range(2)]
@@ -192,6 +198,7 @@ def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale)
     # the same scores and probabilities; P.V and the softmax sums are added in another order
     assert rel(fused, composed) < 1e-6
     assert bits_equal(caches[0].k, caches[1].k) and bits_equal(caches[0].v, caches[1].v)
+    gpu._rope_tabs.pop(id(cfg), None)
     for c in caches:
         gpu.free_kv_cache(c)
 

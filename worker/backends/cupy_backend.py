@@ -379,6 +379,10 @@ class CupyBackend(Backend):
         self._pending_prefetch: list[tuple[int, int]] = []  # (pointer, bytes) for attn_decode
         # id(cfg) -> (cfg, positions, cos, sin): YaRN RoPE tables on the device (_yarn_table)
         self._yarn: dict[int, tuple[ModelConfig, int, Any, Any]] = {}
+        # id(cfg) -> the same for plain RoPE (_rope_table), made at prepare(); used by decode
+        # steps unless switched off (bench/gpu_decode_ablation.py's "no rope table")
+        self._rope_tabs: dict[int, tuple[ModelConfig, int, Any, Any]] = {}
+        self._rope_tables = True
         self._decoders: weakref.WeakSet[GraphDecoder] = weakref.WeakSet()
         self.resident = False
         with self._device:
@@ -403,6 +407,9 @@ class CupyBackend(Backend):
             # launch leaves them at zero again; a GraphDecoder has its own)
             self._round_cnt = cp.zeros(ROUND_MAX // 256, dtype=cp.uint32)
             self._fmv_blocks_per_sm = FMV_BLOCKS_PER_SM
+            # (mode, columns, rows) -> blocks per multiprocessor for that one product
+            # (bench/gpu_decode_ablation.py's per-product variants)
+            self._fmv_bps_for: dict[tuple[int, int, int], int] = {}
             self._fmv_caps = (4, 4)  # fmv_plan's wpr_max, rpw_max
             # decode kernels launched with programmatic dependent launch (sm_90; pdl.py), unless
             # WORKER_CUDA_PDL=0 (an A/B switch for bench/gpu_decode_ablation.py)
@@ -509,6 +516,7 @@ class CupyBackend(Backend):
         self._weights.clear()
         self._uploaded.clear()
         self._yarn.clear()
+        self._rope_tabs.clear()
         self._weights_bytes = 0
         for ref in list(self._caches.values()):
             cache = ref()
@@ -1168,7 +1176,7 @@ class CupyBackend(Backend):
         # (sized for the rows of up to 4 slots, which share the multiprocessors: more slots
         # than that fill a wave by themselves)
         plan = fmv_plan(k, mode, total * min(slots, 4), tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
-                        self._fmv_blocks_per_sm, self._smem_per_sm,
+                        self._fmv_bps_for.get((mode, k, total), self._fmv_blocks_per_sm), self._smem_per_sm,
                         tuple(sg[3] for sg in segs) if whole else (), *self._fmv_caps)  # fmt: skip
         if plan is None:  # _shared_input checked the input's part; a ring slot did not fit
             raise RuntimeError(f"fused product of {k} columns does not fit shared memory")
@@ -1226,6 +1234,32 @@ class CupyBackend(Backend):
         self._yarn[id(cfg)] = (cfg, n, cos_d, sin_d)
         return cos_d, sin_d
 
+    def _rope_table(self, cfg: ModelConfig, make: int = 0) -> tuple[Any, Any] | None:
+        """Plain RoPE's cos and sin [position, rope_dim / 2] on the device, computed by the
+        function attn_decode would otherwise run at every step (rope_cs_table: the same bits), so
+        a step reads a row instead of taking cos and sin in double precision of an angle made
+        by up to rope_dim / 2 multiplications. make > 0 (prepare): made for that many positions
+        and kept, like a weight (4 * rope_dim bytes a position: 8 MiB for Qwen2.5-0.5B's
+        32,768). Otherwise the table made, or None."""
+        tab = self._rope_tabs.get(id(cfg))
+        if make and not (tab is not None and tab[0] is cfg and tab[1] >= make):
+            half = cfg.rope_dim // 2
+            with cp.cuda.using_allocator(self._pool.malloc):
+                cos_d = cp.empty((make, half), dtype=cp.float32)
+                sin_d = cp.empty((make, half), dtype=cp.float32)
+            theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
+            total = make * half
+            self._fn("rope_cs_table")(
+                (-(-total // 256),), (256,), (cos_d, sin_d, np.int32(make), np.int32(half), np.float32(theta_scale))
+            )
+            cp.cuda.get_current_stream().synchronize()
+            for name, arr in (("rope.cos", cos_d), ("rope.sin", sin_d)):
+                self._register_weight(name, arr)  # a replaced table stays too: graphs may use it
+            tab = self._rope_tabs[id(cfg)] = (cfg, make, cos_d, sin_d)
+        if tab is None or tab[0] is not cfg:
+            return None
+        return tab[2], tab[3]
+
     @_device_op
     def rope_attention(
         self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
@@ -1237,8 +1271,13 @@ class CupyBackend(Backend):
         yarn = cfg.rope_yarn
         step = self._step
         table = None
+        need = max(start + 1, step.max_positions if step is not None else 0)
         if yarn and n == 1 and cfg.rope_style != "none":
-            table = self._yarn_table(cfg, max(start + 1, step.max_positions if step is not None else 0))
+            table = self._yarn_table(cfg, need)
+        elif n == 1 and cfg.rope_style != "none" and self._rope_tables:
+            table = self._rope_table(cfg)
+            if table is not None and int(table[0].shape[0]) < need:
+                table = None  # positions past it: attn_decode computes cos and sin itself
         fused = n == 1 and (table is not None or not yarn) and d <= 256 and n_head % n_kv == 0
         if not fused or (sinks is not None and q_scale is not None):
             self._pending_prefetch = []
@@ -1406,16 +1445,19 @@ class CupyBackend(Backend):
 
     # -- prompt graphs (prompt_graphs.py) ----------------------------------------------------------
     def prepare(self, adapter: Any, max_len: int) -> None:
-        """Make a YaRN model's RoPE table (_yarn_table). Record, and reserve the memory of, the
-        adapter's decode step (one GraphDecoder lent to one job at a time) and its prompt
+        """Make the model's RoPE table (_yarn_table, _rope_table). Record, and reserve the memory
+        of, the adapter's decode step (one GraphDecoder lent to one job at a time) and its prompt
         graphs (lengths 2..min(max_len, 512)). Without
         them (capture failed, too little memory, a non-capturable adapter,
         WORKER_CUDA_GRAPHS=0 / WORKER_CUDA_PROMPT_GRAPHS=0) a job records its own decode step
         and runs its prompt eagerly, with the same kernels."""
         cfg = getattr(adapter, "cfg", None)
-        if isinstance(cfg, ModelConfig) and cfg.rope_yarn and cfg.rope_style != "none":
+        if isinstance(cfg, ModelConfig) and cfg.rope_style != "none":
             with self._device:  # at load, not at a job's first token: its memory is the model's
-                self._yarn_table(cfg, max_len)
+                if cfg.rope_yarn:
+                    self._yarn_table(cfg, max_len)
+                else:
+                    self._rope_table(cfg, make=max_len)
         if not getattr(adapter, "capturable", False):
             return
         if os.environ.get("WORKER_CUDA_GRAPHS", "1") != "0":

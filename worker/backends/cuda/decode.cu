@@ -14,7 +14,11 @@
 
 // FMV_ABLATE (bench/gpu_decode_ablation.py compiles variants; 0 in the worker): 1 skips the
 // dot products' arithmetic, 2 the input's norm and rounding, 3 the L2 prefetches, 4 the
-// weight loads. Timing each against 0 says where a product's time goes.
+// weight loads. Timing each against 0 says where a product's time goes. 5 stages the norm
+// weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
+// attention's loads ahead of pdl_wait of the cached K / V rows and RoPE's cos / sin
+// (attn_decode), 8 has the down projection stage its rows after pdl_wait; these compute the
+// same values.
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
 #endif
@@ -34,6 +38,60 @@ DEV void pdl_wait() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+
+// FMV_TIMELINE (bench/gpu_timeline.py compiles it; 0 in the worker): each decode kernel
+// stamps %globaltimer when its first block starts, when its first and last blocks pass
+// pdl_wait, and when its last block ends, into tl_t[k] for the k-th kernel of the step (k
+// counted on the device: the last block of each kernel advances tl_seq, which the next one
+// reads after its pdl_wait). What a recorded step spends inside kernels and between them.
+#ifndef FMV_TIMELINE
+#define FMV_TIMELINE 0
+#endif
+#if FMV_TIMELINE
+#define TL_MAX 2048
+__device__ unsigned long long tl_t[TL_MAX][4];
+__device__ unsigned long long tl_ph[TL_MAX][4];
+__device__ unsigned tl_meta[TL_MAX];
+__device__ unsigned tl_late[TL_MAX];  // blocks that found the wait already released
+__device__ unsigned long long tl_lastup[TL_MAX];  // the latest block's start
+__device__ unsigned tl_seq;
+__device__ unsigned tl_done[TL_MAX];
+DEV unsigned long long tl_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define TL_BEGIN const unsigned long long tl_t0 = tl_now();
+#define TL_WAITED(META)                                                      \
+    const unsigned long long tl_tw = tl_now();                               \
+    const unsigned tl_k = min(*(volatile unsigned*)&tl_seq, TL_MAX - 1u);    \
+    if (threadIdx.x == 0) {                                                  \
+        atomicMin(&tl_t[tl_k][0], tl_t0);                                    \
+        atomicMin(&tl_t[tl_k][1], tl_tw);                                    \
+        atomicMax(&tl_t[tl_k][2], tl_tw);                                    \
+        atomicMax(&tl_lastup[tl_k], tl_t0);                                  \
+        if (tl_tw - tl_t0 < 1500ull) atomicAdd(&tl_late[tl_k], 1u);          \
+        if (blockIdx.x == 0 && blockIdx.y == 0) tl_meta[tl_k] = (META);      \
+    }
+// phase j of kernel tl_k reached by this block (thread 0): the latest over blocks
+#define TL_MARK(J)                                                           \
+    if (threadIdx.x == 0) atomicMax(&tl_ph[tl_k][J], tl_now());
+#define TL_END                                                               \
+    __syncthreads();                                                         \
+    if (threadIdx.x == 0) {                                                  \
+        __threadfence();                                                     \
+        atomicMax(&tl_t[tl_k][3], tl_now());                                 \
+        if (atomicAdd(&tl_done[tl_k], 1u) + 1u == gridDim.x * gridDim.y) {   \
+            __threadfence();                                                 \
+            atomicExch(&tl_seq, tl_k + 1u);                                  \
+        }                                                                    \
+    }
+#else
+#define TL_BEGIN
+#define TL_WAITED(META)
+#define TL_MARK(J)
+#define TL_END
+#endif
 
 #define FMV_THREADS 256
 #define FMV_WARPS 8
@@ -319,6 +377,24 @@ DEV double warp_sum_d(double v) {
 DEV void stage_norm(const float* __restrict__ nw, int K, float* xs) {
     if (nw == nullptr) return;
     for (int c = threadIdx.x; c < K; c += FMV_THREADS) xs[XI(c)] = nw[c];
+}
+
+// The same as one commit group of 4-byte cp.async copies, which the thread does not wait for:
+// a block that starts once the kernel before has finished (no slot for it earlier) goes on to
+// its input without a round trip for the norm weights first. The caller waits for the group
+// (cp_async_wait) and a barrier before reading xs. Always commits, so that group counts hold.
+DEV void stage_norm_async(const float* __restrict__ nw, int K, float* xs) {
+#if __CUDA_ARCH__ >= 800
+    if (nw != nullptr) {
+        for (int c = threadIdx.x; c < K; c += FMV_THREADS) {
+            const unsigned d = (unsigned)__cvta_generic_to_shared(xs + XI(c));
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(nw + c) : "memory");
+        }
+    }
+    cp_async_commit();
+#else
+    stage_norm(nw, K, xs);
+#endif
 }
 
 // load_act's fast path: each thread holds chunks of 8 consecutive elements in registers
@@ -640,6 +716,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
                   const int* __restrict__ eids, i64 wstride, i64 bstride, int xstride, int xdiv, int ystride,
                   float oai_alpha, float oai_limit) {
     extern __shared__ __align__(16) float fmv_smem[];
+    TL_BEGIN
     if (eids != nullptr) {
         // Experts a router chose (gpt-oss): grid row s takes expert eids[s], written by the
         // kernel before (so no weight copies start ahead of pdl_wait here): its weights and
@@ -723,13 +800,26 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         }
     };
     pdl_trigger();
-    for (int it = 0; it < nst; ++it) issue(it, it);
+    // the norm weights first, then the rows of rounds 0 .. nst - 1: one commit group each
+    const bool norm_async = FMV_ABLATE != 5 && nw != nullptr && eids == nullptr;
+    if (norm_async) stage_norm_async(nw, K, xs);
+    // (FMV_ABLATE 8: a product whose input was rounded by the kernel before, the down
+    // projection, stages its first rows only after pdl_wait)
+    const bool late_ring = FMV_ABLATE == 8 && pq != nullptr;
+    if (!late_ring)
+        for (int it = 0; it < nst; ++it) issue(it, it);
     // (Rows past the ring are not prefetched into L2 ahead of their copies: on the H200 that
     // cost the Qwen-shape step ~30 µs, bench/gpu_decode_ablation.py's "no row prefetch".)
-    stage_norm(nw, K, xs);
+    if (!norm_async) stage_norm(nw, K, xs);
     pdl_wait();
+    TL_WAITED(1u + (unsigned)mode + ((unsigned)K << 4))
+    // the norm weights' group has landed (load_act's barriers show them to every thread)
+    if (norm_async) cp_async_wait(nst);
+    if (late_ring)
+        for (int it = 0; it < nst; ++it) issue(it, it);
     if (pq != nullptr) load_pre(pq, pd, psum, K, xs);
     else load_act<A>(x, nw, eps, K, xs, ss, true);
+    TL_MARK(0)
     int sl = 0;  // ring slot of round it
     for (int it = 0; it < iters; ++it) {
         cp_async_wait(nst - 1);  // round it's group has landed (this lane's copies) ...
@@ -765,6 +855,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
             red_u[it * rpw + q][warp] = u;
         }
     }
+    TL_MARK(1)
     if (wpr > 1) {
         __syncthreads();
         for (int j = threadIdx.x; j < iters * rows_per_iter; j += FMV_THREADS) {
@@ -788,9 +879,11 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
             write(which, r, g, u);
         }
     }
+    TL_MARK(2)
     if (rcnt != nullptr)  // red_g: read by now (round_output starts with a barrier)
         round_output(y0, total, blockIdx.x * iters * rows_per_iter, iters * rows_per_iter, rq, rd, rsum, rcnt,
                      (int*)&red_g[0][0]);
+    TL_END
 }
 
 #define FMV_INSTANTIATE(A, NAME)                                                                       \
@@ -854,16 +947,39 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         const i64 pn[8] = {pn0, pn1, pn2, pn3, pn4, pn5, pn6, pn7};
         if (pf[threadIdx.x] != nullptr) prefetch_bytes(pf[threadIdx.x], pn[threadIdx.x]);
     }
+    TL_BEGIN
     pdl_trigger();
-    pdl_wait();
-    __shared__ float redf[ATT_THREADS];
-    __shared__ double redd[ATT_THREADS];
     const int h = blockIdx.x, tid = threadIdx.x;
     const int group = n_head / n_kv, kvh = h / group;
+    // The position is read ahead of pdl_wait: the host or the previous step's argmax_step
+    // wrote it, and no kernel of this step writes it before this one has finished.
     const int p = pos != nullptr ? pos[0] : start;
     const int T = p + 1;
     const int t0 = (window > 0 && T > window) ? T - window : 0;
     const i64 kv_stride = (i64)n_kv * d;
+    if (FMV_ABLATE != 6 && (d & 63) == 0) {
+        // The cached rows t0 .. p - 1 of this head's K and V (earlier steps wrote them, or
+        // the prompt: complete before this step began) into L1 while the kernels before finish:
+        // after the wait, the scores' and P.V's loads hit L1 rather than L2.
+        const int lines = d >> 6;  // 128-byte lines a row of halves spans
+        for (int j = tid; j < (p - t0) * lines; j += blockDim.x) {
+            const i64 off = (i64)(t0 + j / lines) * kv_stride + (i64)kvh * d + 64 * (j % lines);
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(kc + off));
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(vc + off));
+        }
+    }
+    // this thread's pair of RoPE's table row (made at load): its cos and sin, also ahead
+    const int half = n_rot / 2;
+    const bool cs_ahead = FMV_ABLATE != 6 && style != 0 && rcos != nullptr && tid < half;
+    float c_ahead = 0.f, s_ahead = 0.f;
+    if (cs_ahead) {
+        c_ahead = rcos[(i64)p * half + tid];
+        s_ahead = rsin[(i64)p * half + tid];
+    }
+    pdl_wait();
+    TL_WAITED(10u + ((unsigned)T_stride << 4))
+    __shared__ float redf[ATT_THREADS];
+    __shared__ double redd[ATT_THREADS];
     const float* qh = q + (i64)h * d;
     const float* kh = k + (i64)kvh * d;
     const float* vh = v + (i64)kvh * d;
@@ -874,21 +990,24 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     }
     __syncthreads();
     if (style != 0) {
-        const int half = n_rot / 2;
         for (int i = tid; i < half; i += blockDim.x) {
             float c, s;
-            if (rcos != nullptr) {  // a table's row (YaRN: the reference's own values)
+            if (cs_ahead && i == tid) {
+                c = c_ahead;
+                s = s_ahead;
+            } else if (rcos != nullptr) {  // a table's row (YaRN: the reference's own values)
                 c = rcos[(i64)p * half + i];
                 s = rsin[(i64)p * half + i];
             } else {
                 rope_cs(p, i, theta_scale, &c, &s);
             }
             const int i0 = style == 2 ? i : 2 * i, i1 = style == 2 ? i + half : 2 * i + 1;
-            float x0 = qh[i0], x1 = qh[i1];
+            // (each pair is one thread's: read and rotated in place)
+            float x0 = qs[i0], x1 = qs[i1];
             qs[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
             qs[i1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
-            x0 = kh[i0];
-            x1 = kh[i1];
+            x0 = kn[i0];
+            x1 = kn[i1];
             kn[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
             kn[i1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
         }
@@ -906,6 +1025,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         }
     }
     __syncthreads();
+    TL_MARK(0)
     float* sc = scores + (i64)h * T_stride;
     float m = __int_as_float(0xff800000);  // -inf
     const bool vec = (d & 63) == 0;  // rows of 64, 128, ... halves: 16-byte loads, 8 in flight
@@ -957,6 +1077,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     const float inv = (float)(1.0 / total);
     for (int t = t0 + tid; t < T; t += blockDim.x) sc[t] = round_f16(__fmul_rn(sc[t], inv));
     __syncthreads();
+    TL_MARK(1)
     float* o = out + (i64)h * d;
     const int tpr = d >> 3;  // threads per V row, 8 halves (one 16-byte load) each
     if ((d & 7) == 0 && tpr <= ATT_THREADS) {
@@ -1024,6 +1145,20 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
             o[c] = acc;
         }
     }
+    TL_END
+}
+
+// RoPE's cos and sin at positions 0 .. n - 1 for pairs 0 .. half - 1, [n][half] each, by
+// rope_cs: what attn_decode would compute at each step, made once per model (the backend's
+// prepare) so that a step reads a row of it instead.
+extern "C" __global__ void rope_cs_table(float* __restrict__ cos_t, float* __restrict__ sin_t, int n, int half,
+                                         float theta_scale) {
+    const i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= (i64)n * half) return;
+    float c, s;
+    rope_cs((int)(j / half), (int)(j % half), theta_scale, &c, &s);
+    cos_t[j] = c;
+    sin_t[j] = s;
 }
 
 // Router order: descending logit, the first index on ties, NaN after every number (as
@@ -1131,8 +1266,10 @@ extern "C" __global__ void __launch_bounds__(256) argmax_partial(const float* __
                                                                  float* __restrict__ pv, int* __restrict__ pi) {
     __shared__ float bv[256];
     __shared__ int bi[256];
+    TL_BEGIN
     pdl_trigger();
     pdl_wait();
+    TL_WAITED(13u)
     const int tid = threadIdx.x;
     const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
     float best = 0.f;
@@ -1158,6 +1295,7 @@ extern "C" __global__ void __launch_bounds__(256) argmax_partial(const float* __
         pv[blockIdx.x] = bv[0];
         pi[blockIdx.x] = bi[0];
     }
+    TL_END
 }
 
 // Pass 2, one block: the best of the m partial pairs -> next[0]; for a replayed step also
@@ -1166,8 +1304,10 @@ extern "C" __global__ void __launch_bounds__(256) argmax_step(const float* __res
                                                               int m, int* next, int* tok, int* pos) {
     __shared__ float bv[256];
     __shared__ int bi[256];
+    TL_BEGIN
     pdl_trigger();
     pdl_wait();
+    TL_WAITED(14u)
     const int tid = threadIdx.x;
     float best = 0.f;
     int idx = -1;
@@ -1192,6 +1332,7 @@ extern "C" __global__ void __launch_bounds__(256) argmax_step(const float* __res
         if (tok != nullptr) tok[0] = bi[0];
         if (pos != nullptr) pos[0] += 1;
     }
+    TL_END
 }
 
 #endif  // __CUDACC__
