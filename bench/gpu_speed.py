@@ -42,6 +42,9 @@ from worker.backends.base import MoE  # noqa: E402
 from worker.backends.cupy_backend import CupyBackend, DeviceMatrix  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from gpu_decode_ablation import replay_us  # noqa: E402
+
 PREFILL = (128, 512, 2048)
 DECODE = 128
 
@@ -139,13 +142,7 @@ def time_step_graph(dec: Any) -> dict[str, float]:
     the host's time to launch one."""
     if getattr(dec, "graph", None) is None:
         return {}
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    start.record(dec.stream)
-    for _ in range(200):
-        dec.graph.launch(dec.stream)
-    end.record(dec.stream)
-    end.synchronize()
-    out = {"graph_step_us": cp.cuda.get_elapsed_time(start, end) * 1e3 / 200}
+    out = {"graph_step_us": replay_us(dec, 200)}
     t0 = time.perf_counter()
     for _ in range(200):
         dec.graph.launch(dec.stream)

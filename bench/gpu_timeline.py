@@ -47,7 +47,7 @@ from worker.backends import cupy_backend as cb  # noqa: E402
 from worker.model import load_model  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from gpu_decode_ablation import product_keys  # noqa: E402
+from gpu_decode_ablation import product_keys, replay_us  # noqa: E402
 
 TL_MAX = 2048
 ATTN, ARGMAX_PARTIAL, ARGMAX_STEP = 10, 13, 14
@@ -89,16 +89,6 @@ def record(be: Any, ad: Any, prompt: np.ndarray, steps: int) -> tuple[Any, Any]:
     tok = dec.greedy(1, len(prompt))
     dec.greedy(tok, len(prompt) + 1)
     return dec, cache
-
-
-def replay_us(dec: Any, n: int) -> float:
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    start.record(dec.stream)
-    for _ in range(n):
-        dec.graph.launch(dec.stream)
-    end.record(dec.stream)
-    end.synchronize()
-    return cp.cuda.get_elapsed_time(start, end) * 1e3 / n
 
 
 def main() -> int:

@@ -10,6 +10,24 @@ import pytest
 ARCH_FIXTURES = ["phi3", "gpt2", "gpt-oss"]
 
 
+@pytest.fixture(scope="module")
+def gpu():
+    """A CUDA backend of the module's own (the memory-baseline tests count its pool)."""
+    from worker.backends.cupy_backend import CupyBackend
+
+    be = CupyBackend(0)
+    yield be
+    be.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny smollm2-shape / qwen25-shape files (make_fixture.py), built once a session."""
+    from make_fixture import build_all
+
+    return build_all(tmp_path_factory.mktemp("fixtures"), tiny=True)
+
+
 @pytest.fixture(scope="session")
 def arch_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny phi3 / gpt2 / gpt-oss fixtures (fixtures/build.py, seed 0). fixtures/vocab.py

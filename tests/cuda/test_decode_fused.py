@@ -19,7 +19,7 @@ import pytest
 cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'worker-orcd[cuda]')")
 
 from gguf import GGMLQuantizationType as T  # noqa: E402
-from make_fixture import RawTensors, build_all  # noqa: E402
+from make_fixture import RawTensors  # noqa: E402
 
 from worker.adapters import adapter_for  # noqa: E402
 from worker.backends.base import Backend  # noqa: E402
@@ -48,18 +48,6 @@ def bits_equal(a, b) -> bool:
     b = cp.asnumpy(b) if isinstance(b, cp.ndarray) else b
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    be = CupyBackend(0)
-    yield be
-    be.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("fixtures"), tiny=True)
 
 
 def _load(path, be):

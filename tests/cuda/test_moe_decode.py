@@ -17,7 +17,7 @@ cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'wor
 
 from worker.adapters import adapter_for  # noqa: E402
 from worker.backends.base import Backend  # noqa: E402
-from worker.backends.cupy_backend import CupyBackend, cuda_available  # noqa: E402
+from worker.backends.cupy_backend import cuda_available  # noqa: E402
 from worker.backends.numpy_backend import NumpyBackend  # noqa: E402
 from worker.gguf_file import GGUFFile  # noqa: E402
 from worker.model_config import ModelConfig  # noqa: E402
@@ -39,13 +39,6 @@ def bits_equal(a, b) -> bool:
     b = cp.asnumpy(b) if isinstance(b, cp.ndarray) else b
     a32, b32 = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
     return a32.shape == b32.shape and np.array_equal(a32.view(np.uint32), b32.view(np.uint32))
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    be = CupyBackend(0)
-    yield be
-    be.close()
 
 
 def _load(path, be, max_len=None):

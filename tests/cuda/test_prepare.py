@@ -16,7 +16,6 @@ import pytest
 
 cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'worker-orcd[cuda]')")
 
-from make_fixture import build_all  # noqa: E402
 
 from worker.adapters import adapter_for  # noqa: E402
 from worker.backends.cupy_backend import CupyBackend, GraphDecoder, cuda_available  # noqa: E402
@@ -39,18 +38,6 @@ def rel(a, b) -> float:
 def bits_equal(a, b) -> bool:
     a32, b32 = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
     return a32.shape == b32.shape and np.array_equal(a32.view(np.uint32), b32.view(np.uint32))
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    be = CupyBackend(0)
-    yield be
-    be.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return build_all(tmp_path_factory.mktemp("fixtures"), tiny=True)
 
 
 def _load(path, be, max_len=None):

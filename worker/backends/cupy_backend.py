@@ -227,20 +227,18 @@ def _gemm_f16(c: Any, a: Any, b: Any, k: int, alpha: float, beta: float, blas: A
     accumulation (CUBLAS_COMPUTE_32F), on the current stream; through `blas` (a prompt
     graph's CaptureBlas) when given, else CuPy's handle."""
     n, m = c.shape
-    # column-major view: C^T [m, n] = B [m, k] . A^T [k, n]
+    # column-major view: C^T [m, n] = B [m, k] . A^T [k, n]; the two handles take the same
+    # arguments but for alpha and beta (CaptureBlas: values; CuPy: host pointers)
+    ops = (CUBLAS_OP_T, CUBLAS_OP_N, m, n, k)
+    ab = (b.data.ptr, CUDA_R_16F, b.strides[0] // 2, a.data.ptr, CUDA_R_16F, a.strides[0] // 2)
+    out = (c.data.ptr, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
     if blas is not None:
-        blas.gemm_ex(CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, alpha, b.data.ptr, CUDA_R_16F, b.strides[0] // 2,
-                     a.data.ptr, CUDA_R_16F, a.strides[0] // 2, beta, c.data.ptr, CUDA_R_32F, m,
-                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)  # fmt: skip
+        blas.gemm_ex(*ops, alpha, *ab, beta, *out)
         return
     handle = cp.cuda.device.get_cublas_handle()
     cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
     al, be = np.array(alpha, dtype=np.float32), np.array(beta, dtype=np.float32)
-    cublas.gemmEx(
-        handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, al.ctypes.data,
-        b.data.ptr, CUDA_R_16F, b.strides[0] // 2, a.data.ptr, CUDA_R_16F, a.strides[0] // 2,
-        be.ctypes.data, c.data.ptr, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT,
-    )  # fmt: skip
+    cublas.gemmEx(handle, *ops, al.ctypes.data, *ab, be.ctypes.data, *out)
 
 
 def _takes_q8k(w: Any) -> bool:
@@ -1504,9 +1502,7 @@ class CupyBackend(Backend):
         graphs = PromptGraphs(self, adapter, max_len)
         try:
             graphs.capture()
-        except Exception as exc:
-            self._prompt = None
-            self._memo = None
+        except Exception as exc:  # (capture() has reset _prompt and _memo)
             graphs.close()
             log.warning("prompt graphs not captured (%s: %s); prompts run eagerly", type(exc).__name__, exc)
             return
