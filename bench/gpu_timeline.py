@@ -48,9 +48,9 @@ from worker.model import load_model  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from gpu_decode_ablation import product_keys, replay_us  # noqa: E402
+from timeline_summary import summarize  # noqa: E402
 
 TL_MAX = 2048
-ATTN, ARGMAX_PARTIAL, ARGMAX_STEP = 10, 13, 14
 
 
 def module(timeline: bool, ablate: int = 0) -> Any:
@@ -60,26 +60,6 @@ def module(timeline: bool, ablate: int = 0) -> Any:
 
 def global_array(mod: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
     return cp.ndarray(shape, dtype=dtype, memptr=mod.get_global(name))
-
-
-def label(meta: int, idx_in_step: int, n_in_step: int, n_ff: int) -> str:
-    kind, k = meta & 15, meta >> 4
-    if kind == ATTN:
-        return "rope+attention"
-    if kind == ARGMAX_PARTIAL:
-        return "argmax (blocks)"
-    if kind == ARGMAX_STEP:
-        return "argmax (final)"
-    mode = kind - 1
-    if mode == 0 and idx_in_step == 0:
-        return "norm+qkv, layer 0"  # its handoff: the embedding and the gap between steps
-    if mode == 0:
-        # the head is the product after the last layer: the step's last kernel, or the third
-        # from its end when two argmax kernels follow it
-        return "head" if idx_in_step >= n_in_step - 3 else f"norm+qkv (K={k})"
-    if mode == 1:
-        return f"down+residual (K={k})" if k == n_ff else f"o+residual (K={k})"
-    return f"norm+gate/up (K={k})"
 
 
 def record(be: Any, ad: Any, prompt: np.ndarray, steps: int) -> tuple[Any, Any]:
@@ -156,55 +136,14 @@ def main() -> int:
     mm = meta.get()[:n]
     dec.close()
     be.free_kv_cache(cache)
-    per_step = n // args.steps
-    if per_step * args.steps != n or per_step < 4:
-        print(f"unexpected kernel count {n} for {args.steps} steps", file=sys.stderr)
+    try:
+        summary = summarize(tt, pp, ll, lu, mm, args.steps, cfg.n_ff)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    rows: dict[str, dict[str, list[float]]] = {}
-    step_us = []
-    for s in range(args.steps):
-        base = s * per_step
-        if s > 0:
-            step_us.append((tt[base + per_step - 1, 3] - tt[base - 1, 3]) / 1e3)
-        for i in range(per_step):
-            k = base + i
-            lab = label(int(mm[k]), i, per_step, cfg.n_ff)
-            r = rows.setdefault(
-                lab,
-                {
-                    "count": [],
-                    "work": [],
-                    "handoff": [],
-                    "stagger": [],
-                    "ahead": [],
-                    "p0": [],
-                    "p1": [],
-                    "p2": [],
-                    "late": [],
-                    "last up": [],
-                },
-            )
-            for j in range(3):
-                if pp[k, j] > 0:
-                    r[f"p{j}"].append((pp[k, j] - tt[k, 1]) / 1e3)
-            r["work"].append((tt[k, 3] - tt[k, 1]) / 1e3)
-            if k > 0:
-                r["handoff"].append((tt[k, 1] - tt[k - 1, 3]) / 1e3)
-            r["stagger"].append((tt[k, 2] - tt[k, 1]) / 1e3)
-            r["ahead"].append((tt[k, 1] - tt[k, 0]) / 1e3)
-            r["late"].append(float(ll[k]))
-            r["last up"].append((lu[k] - tt[k, 1]) / 1e3)
-    table = {}
-    for lab, r in rows.items():
-        cnt = len(r["work"]) // args.steps
-        table[lab] = {
-            "per step": cnt,
-            **{f: float(np.median(v)) if v else float("nan") for f, v in r.items() if f != "count"},
-            "work per step": float(np.mean(r["work"]) * cnt),
-            "handoff per step": float(np.mean(r["handoff"]) * cnt),
-        }
+    per_step, table = summary["kernels per step"], summary["kinds"]
     res["kernels per step"] = per_step
-    res["step, stamped (µs, median)"] = float(np.median(step_us)) if step_us else float("nan")
+    res["step, stamped (µs, median)"] = summary["step (µs)"]
     res["kinds"] = table
     print(f"=== decode step timeline, {res['model']}, {res['device']}")
     print(
@@ -213,7 +152,7 @@ def main() -> int:
     )
     print(
         f"{'kernel':26s}{'n':>4s}{'work':>8s}{'handoff':>9s}{'stagger':>9s}{'ahead':>8s}{'p0':>7s}{'p1':>7s}{'p2':>7s}"
-        f"{'work/step':>11s}{'handoff/step':>14s}"
+        f"{'late':>6s}{'last up':>8s}{'work/step':>11s}{'handoff/step':>14s}"
     )
     tot_w = tot_h = 0.0
     for lab, r in table.items():
