@@ -9,20 +9,21 @@ without any L2 prefetch (attention's and the products'), 4 without weight loads.
 variant 0 without programmatic dependent launch (pdl.py); "N blocks/SM" sizes the product
 grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM;
 "wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp; "no attention
-hints" is variant 0 without attention's prefetch of the weights the layer reads next; "norm
-weights staged in sync" (5) loads the products' norm weights with plain loads, not cp.async;
-"no K/V or cos/sin ahead" (6) has attention load the cached rows and RoPE's table row after
-pdl_wait; "down stages after the wait" (8) has the down projection copy its rows only once its input exists; "no rope
-table" has attention compute RoPE's cos and sin at each step; "as shipped
-again" repeats the first to show the run's noise; "down rounds its input" has every down
-block round gate/up's output itself (no round_output); "<product> N blocks/SM" sizes that one
-product's grid (qkv, o, gate/up, down, head) for N.
+hints" is variant 0 without attention's prefetch of the weights the layer reads next; "no
+rope table" has attention compute RoPE's cos and sin at each step; "no K/V or cos/sin ahead"
+(6) has attention load the cached rows and RoPE's table row after pdl_wait; "norm weights
+staged in sync" (5) loads the products' norm weights with plain loads, not cp.async; "down
+rounds its input" has every down block round gate/up's output itself (no round_output);
+"down stages after the wait" (8) has the down projection copy its rows only once its input
+exists; "<product> N blocks/SM" sizes that one product's grid (qkv, o, gate/up, down, head)
+for N; "as shipped again" repeats the first to show the run's noise.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
 every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
 repeating one layer) and timed with events; their sum over a step (argmax and embedding
 left out) and the whole decode graph are timed too. The difference to the first variant is
 what that part costs. Variants with FMV_ABLATE 1 to 4 compute wrong values: only their
-times mean anything (5, 6 and 8 compute the same values). Prints a table; writes DIR/gpu_decode_ablation.json.
+times mean anything (5, 6 and 8 compute the same values). Prints a table; writes
+DIR/gpu_decode_ablation.json.
 """
 
 from __future__ import annotations
