@@ -116,12 +116,6 @@ class LlamaAdapter(ModelAdapter):
                 q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
             else:
                 q, k, v = be.norm_linears(x, L.attn_norm, cfg.norm_eps, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
-            # what this layer reads after attention, and the next layer's first product
-            after = [L.wo, L.w_gate, L.w_up, L.w_down]
-            if i + 1 < cfg.n_layer:
-                nxt = self.layers[i + 1]
-                after += [nxt.wq, nxt.wk, nxt.wv]
-            be.prefetch(after)
             attn = be.rope_attention(
                 q.reshape(n, cfg.n_head, cfg.head_dim),
                 k.reshape(n, cfg.n_kv_heads, cfg.head_dim),

@@ -233,11 +233,6 @@ class Backend(ABC):
         backend may replay a captured prefill instead (same kernels, same cache contents)."""
         return self.to_host(adapter.logits(tokens, start, cache))[0]
 
-    def prefetch(self, weights: list[Any]) -> None:
-        """A hint: these weights are read soon (a device backend may start moving them into
-        its cache while other work runs). No effect on results; the default does nothing."""
-        return None
-
     def decoder(self, adapter: Any, cache: KVCache) -> Any:
         """The object that runs a job's one-token steps (worker.adapters.base.Decoder); a
         backend may return one that replays a captured step."""

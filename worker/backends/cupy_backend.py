@@ -121,7 +121,6 @@ ROUND_MAX = 64 * 256
 # Tokens norm_moe routes in one go: bounds its scratch (2 x 4 x 2,880 floats a token for
 # gpt-oss-20b) and keeps a launch's grid rows (tokens x experts) under CUDA's 65,535
 MOE_CHUNK = 512
-PREFETCH_RANGES = 8  # must match attn_decode's arguments in decode.cu
 
 
 def fmv_smem(k: int) -> int:
@@ -364,9 +363,6 @@ class CupyBackend(Backend):
         self.rounded_taken = 0
         self.moe_on_device = 0  # norm_moe calls routed on the device (tests/cuda checks the path runs)
         self._round_once = os.environ.get("WORKER_CUDA_ROUND_ONCE", "1") != "0"  # an A/B switch
-        # attention's L2 prefetch of the weights the layer reads next (an A/B switch, as is
-        # bench/gpu_decode_ablation.py's "no attention hints")
-        self._prefetch_hints = os.environ.get("WORKER_CUDA_PREFETCH_HINTS", "1") != "0"
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
         self._step: GraphDecoder | None = None
@@ -374,7 +370,6 @@ class CupyBackend(Backend):
         self._prompt: PromptInput | None = None
         self._prompt_graphs: dict[int, PromptGraphs] = {}  # id(adapter) -> its graphs
         self._shared_decoders: dict[int, GraphDecoder] = {}  # id(adapter) -> its recorded step
-        self._pending_prefetch: list[tuple[int, int]] = []  # (pointer, bytes) for attn_decode
         # id(cfg) -> (cfg, positions, cos, sin): YaRN RoPE tables on the device (_yarn_table)
         self._yarn: dict[int, tuple[ModelConfig, int, Any, Any]] = {}
         # id(cfg) -> the same for plain RoPE (_rope_table), made at prepare(); used by decode
@@ -1203,11 +1198,6 @@ class CupyBackend(Backend):
         args += [np.float32(oai[0] if oai else 0.0), np.float32(oai[1] if oai else 0.0)]
         self._launch_dep("fmv_" + act, grid, FMV_THREADS, tuple(args), plan.smem, grid_y=slots)
 
-    def prefetch(self, weights: list[Any]) -> None:
-        # taken by the next fused attention launch (it reads no weights itself)
-        if self._prefetch_hints:
-            self._pending_prefetch = [(w.raw.data.ptr, w.nbytes) for w in weights if isinstance(w, DeviceMatrix)]
-
     def _yarn_table(self, cfg: ModelConfig, need: int) -> tuple[Any, Any] | None:
         """YaRN RoPE's cos and sin [position, rope_dim / 2] on the device, the reference's own
         float32 values (numpy_backend._yarn_tables), for the model's whole context: attn_decode
@@ -1278,7 +1268,6 @@ class CupyBackend(Backend):
                 table = None  # positions past it: attn_decode computes cos and sin itself
         fused = n == 1 and (table is not None or not yarn) and d <= 256 and n_head % n_kv == 0
         if not fused or (sinks is not None and q_scale is not None):
-            self._pending_prefetch = []
             if step is not None and step.capturing:
                 # the composed path takes the position from the host: a graph would freeze it
                 raise RuntimeError("rope_attention: this shape has no device-position kernel")
@@ -1297,10 +1286,6 @@ class CupyBackend(Backend):
             scores = cp.empty(n_head * stride, dtype=cp.float32)
         out = cp.empty((1, n_head * d), dtype=cp.float32)
         style = {"none": 0, "normal": 1, "neox": 2}[cfg.rope_style]
-        ranges = self._pending_prefetch[:PREFETCH_RANGES]
-        self._pending_prefetch = []
-        ranges += [(0, 0)] * (PREFETCH_RANGES - len(ranges))
-        pf = [a for ptr, nbytes in ranges for a in (np.uint64(ptr), np.int64(nbytes))]
         theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
         # phi3 (q_scale): Q is scaled after RoPE and Q.K not again
         scale = 1.0 if q_scale is not None else 1.0 / np.sqrt(d) if kq_scale is None else kq_scale
@@ -1313,7 +1298,7 @@ class CupyBackend(Backend):
                 q, k, v, kc, vc, out, scores, np.int32(stride), pos, np.int32(start),
                 np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(cfg.rope_dim), np.float32(theta_scale),
                 np.int32(style), np.float32(q_scale or 0.0), np.int32(q_scale is not None), np.float32(scale),
-                np.int32(window), kv, np.int32(layer), rcos, rsin, sinks_d, *pf,
+                np.int32(window), kv, np.int32(layer), rcos, rsin, sinks_d,
             ),
         )  # fmt: skip
         return out

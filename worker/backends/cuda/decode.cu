@@ -13,9 +13,9 @@
 #if defined(__CUDACC__)
 
 // FMV_ABLATE (bench/gpu_decode_ablation.py compiles variants; 0 in the worker): 1 skips the
-// dot products' arithmetic, 2 the input's norm and rounding, 3 the L2 prefetches, 4 the
-// weight loads. Timing each against 0 says where a product's time goes. 5 stages the norm
-// weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
+// dot products' arithmetic, 2 the input's norm and rounding, 4 the weight loads (3 skipped
+// the L2 prefetches, gone since). Timing each against 0 says where a product's time goes. 5
+// stages the norm weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
 // attention's loads ahead of pdl_wait of the cached K / V rows and RoPE's cos / sin
 // (attn_decode), 8 has the down projection stage its rows after pdl_wait; these compute the
 // same values.
@@ -636,26 +636,6 @@ DEV void load_pre(const i8* __restrict__ pq, const float* __restrict__ pd, const
     __syncthreads();
 }
 
-// Ask for bytes to be brought into L2 now, so that their DRAM latency passes while the block
-// does other work (load_act; attention); the warps' own loads then hit L2. Addresses round
-// out to 16-byte granules: the weight buffers' 16-byte tail covers the rounding up.
-DEV void prefetch_bytes(const u8* p, i64 n) {
-    // one thread: bulk prefetches of up to 1 MiB (cp.async.bulk.prefetch.L2, Hopper), or one
-    // 128-byte line at a time on older chips
-    if (FMV_ABLATE == 3) return;
-    const unsigned long long lo = (unsigned long long)p & ~15ull;
-    const unsigned long long hi = ((unsigned long long)(p + n) + 15) & ~15ull;
-#if __CUDA_ARCH__ >= 900
-    for (unsigned long long a = lo; a < hi; a += (1u << 20)) {
-        const unsigned m = (unsigned)min(hi - a, (unsigned long long)(1u << 20));
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global((const void*)a)),
-                     "r"(m) : "memory");
-    }
-#else
-    for (unsigned long long a = lo; a < hi; a += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-#endif
-}
-
 // Fused decode product, one activation row.
 //   mode 0: up to three weights sharing the input (Q, K, V): y_i = W_i x + b_i
 //   mode 1: y0 = resid + (W0 x + b0)                               (O and down projections)
@@ -931,21 +911,12 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     float* __restrict__ out, float* __restrict__ scores, int T_stride, const int* __restrict__ pos, int start,
     int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale, int has_q_scale,
     float scale, int window, const unsigned long long* __restrict__ kv, int layer,
-    const float* __restrict__ rcos, const float* __restrict__ rsin, const float* __restrict__ sinks,
-    const u8* pf0, i64 pn0, const u8* pf1, i64 pn1, const u8* pf2, i64 pn2,
-    const u8* pf3, i64 pn3, const u8* pf4, i64 pn4, const u8* pf5, i64 pn5, const u8* pf6, i64 pn6,
-    const u8* pf7, i64 pn7) {
+    const float* __restrict__ rcos, const float* __restrict__ rsin, const float* __restrict__ sinks) {
     __shared__ float qs[256], kn[256], vn[256];
     if (kv != nullptr) {  // written before the replay by the host: no earlier kernel's output
         const i64 layer_elems = (i64)layer * (i64)kv[2] * n_kv * d;
         kc = (u16*)kv[0] + layer_elems;
         vc = (u16*)kv[1] + layer_elems;
-    }
-    if (blockIdx.x == 0 && threadIdx.x < 8) {
-        // weights the layer reads next (the backend's prefetch hint): into L2 during attention
-        const u8* pf[8] = {pf0, pf1, pf2, pf3, pf4, pf5, pf6, pf7};
-        const i64 pn[8] = {pn0, pn1, pn2, pn3, pn4, pn5, pn6, pn7};
-        if (pf[threadIdx.x] != nullptr) prefetch_bytes(pf[threadIdx.x], pn[threadIdx.x]);
     }
     TL_BEGIN
     pdl_trigger();
@@ -1261,11 +1232,41 @@ DEV bool argmax_better(float v, int i, float best, int bi) {
     return v > best || (v == best && i < bi);
 }
 
+// The best (value, index) pair of the block's threads (argmax_better is a total order, so any
+// grouping gives the same pair), to every thread: across each warp with shuffles, then the
+// warps' pairs through shared memory (one barrier where a tree over the 256 threads took
+// eight; bench/gpu_decode_ablation.py measured no difference in the step, 772.4 µs against
+// 773.5 on the H100).
+DEV void argmax_block(float& best, int& idx, float* bv, int* bi) {
+    const int tid = threadIdx.x;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (oi >= 0 && argmax_better(ov, oi, best, idx)) {
+            best = ov;
+            idx = oi;
+        }
+    }
+    if ((tid & 31) == 0) {
+        bv[tid >> 5] = best;
+        bi[tid >> 5] = idx;
+    }
+    __syncthreads();
+    best = bv[0];
+    idx = bi[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) {
+        if (bi[w] >= 0 && argmax_better(bv[w], bi[w], best, idx)) {
+            best = bv[w];
+            idx = bi[w];
+        }
+    }
+}
+
 // Pass 1: block b reduces logits[b * chunk, (b + 1) * chunk) to one (value, index) pair.
 extern "C" __global__ void __launch_bounds__(256) argmax_partial(const float* __restrict__ logits, int n, int chunk,
                                                                  float* __restrict__ pv, int* __restrict__ pi) {
-    __shared__ float bv[256];
-    __shared__ int bi[256];
+    __shared__ float bv[256 / 32];  // a pair a warp (argmax_block)
+    __shared__ int bi[256 / 32];
     TL_BEGIN
     pdl_trigger();
     pdl_wait();
@@ -1281,19 +1282,10 @@ extern "C" __global__ void __launch_bounds__(256) argmax_partial(const float* __
             idx = i;
         }
     }
-    bv[tid] = best;
-    bi[tid] = idx;
-    __syncthreads();
-    for (int o = blockDim.x >> 1; o > 0; o >>= 1) {
-        if (tid < o && bi[tid + o] >= 0 && argmax_better(bv[tid + o], bi[tid + o], bv[tid], bi[tid])) {
-            bv[tid] = bv[tid + o];
-            bi[tid] = bi[tid + o];
-        }
-        __syncthreads();
-    }
+    argmax_block(best, idx, bv, bi);
     if (tid == 0) {
-        pv[blockIdx.x] = bv[0];
-        pi[blockIdx.x] = bi[0];
+        pv[blockIdx.x] = best;
+        pi[blockIdx.x] = idx;
     }
     TL_END
 }
@@ -1302,8 +1294,8 @@ extern "C" __global__ void __launch_bounds__(256) argmax_partial(const float* __
 // tok[0] (the next step's input) and pos[0] += 1.
 extern "C" __global__ void __launch_bounds__(256) argmax_step(const float* __restrict__ pv, const int* __restrict__ pi,
                                                               int m, int* next, int* tok, int* pos) {
-    __shared__ float bv[256];
-    __shared__ int bi[256];
+    __shared__ float bv[256 / 32];  // a pair a warp (argmax_block)
+    __shared__ int bi[256 / 32];
     TL_BEGIN
     pdl_trigger();
     pdl_wait();
@@ -1317,19 +1309,10 @@ extern "C" __global__ void __launch_bounds__(256) argmax_step(const float* __res
             idx = pi[j];
         }
     }
-    bv[tid] = best;
-    bi[tid] = idx;
-    __syncthreads();
-    for (int o = blockDim.x >> 1; o > 0; o >>= 1) {
-        if (tid < o && bi[tid + o] >= 0 && argmax_better(bv[tid + o], bi[tid + o], bv[tid], bi[tid])) {
-            bv[tid] = bv[tid + o];
-            bi[tid] = bi[tid + o];
-        }
-        __syncthreads();
-    }
+    argmax_block(best, idx, bv, bi);
     if (tid == 0) {
-        next[0] = bi[0];
-        if (tok != nullptr) tok[0] = bi[0];
+        next[0] = idx;
+        if (tok != nullptr) tok[0] = idx;
         if (pos != nullptr) pos[0] += 1;
     }
     TL_END

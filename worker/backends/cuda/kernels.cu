@@ -413,10 +413,15 @@ DEV void dequant_impl(const u8* __restrict__ W, i64 row_bytes, float* __restrict
     out[i] = dq<T, MIN>(W + (i64)r * row_bytes, c);
 }
 
-// Embedding lookup: one block per token, rows dequantized on the fly.
+// Embedding lookup: one block per token, rows dequantized on the fly. A decode step's first
+// kernel: the next (norm + QKV, launched with programmatic dependent launch) may start staging
+// its weights while this runs (it reads `out` only after its griddepcontrol.wait).
 template <int T>
 DEV void embed_impl(const u8* __restrict__ table, i64 row_bytes, const int* __restrict__ ids,
                     float* __restrict__ out, int n_embd) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const u8* r = table + (i64)ids[blockIdx.x] * row_bytes;
     for (int c = threadIdx.x; c < n_embd; c += blockDim.x) out[(i64)blockIdx.x * n_embd + c] = dq<T, true>(r, c);
 }
