@@ -1,27 +1,26 @@
 #!/usr/bin/env python3
 """Where a decode step's product kernels spend their time: ablation on the GPU.
 
-    python bench/gpu_decode_ablation.py --model FILE.gguf [--out DIR]
+    python bench/gpu_decode_ablation.py --model FILE.gguf [--variants A,B,...] [--rounds N] [--out DIR]
 
 The CUDA module is compiled once per FMV_ABLATE variant (decode.cu): 0 as the worker runs
-it, 1 without the dot products' arithmetic, 2 without the input's norm and rounding, 3
-without any L2 prefetch (attention's and the products'), 4 without weight loads. "plain launches" is
-variant 0 without programmatic dependent launch (pdl.py); "N blocks/SM" sizes the product
-grids for N resident blocks per multiprocessor instead of cupy_backend.FMV_BLOCKS_PER_SM;
-"wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps per row and rows per warp; "no attention
-hints" is variant 0 without attention's prefetch of the weights the layer reads next; "no
-rope table" has attention compute RoPE's cos and sin at each step; "no K/V or cos/sin ahead"
-(6) has attention load the cached rows and RoPE's table row after pdl_wait; "norm weights
-staged in sync" (5) loads the products' norm weights with plain loads, not cp.async; "down
-rounds its input" has every down block round gate/up's output itself (no round_output);
-"down stages after the wait" (8) has the down projection copy its rows only once its input
-exists; "<product> N blocks/SM" sizes that one product's grid (qkv, o, gate/up, down, head)
-for N; "as shipped again" repeats the first to show the run's noise.
+it, 1 without the dot products' arithmetic, 2 without the input's norm and rounding, 4
+without weight loads. "plain launches" is variant 0 without programmatic dependent launch
+(pdl.py); "N blocks/SM" sizes the product grids for N resident blocks per multiprocessor
+instead of cupy_backend.FMV_BLOCKS_PER_SM; "wpr<=2", "rpw<=2", "rpw=1" cap fmv_plan's warps
+per row and rows per warp; "no rope table" has attention compute RoPE's cos and sin at each
+step; "no K/V or cos/sin ahead" (6) has attention load the cached rows and RoPE's table row
+after pdl_wait; "norm weights staged in sync" (5) loads the products' norm weights with
+plain loads, not cp.async; "down rounds its input" has every down block round gate/up's
+output itself (no round_output); "down stages after the wait" (8) has the down projection
+copy its rows only once its input exists; "<product> N blocks/SM" sizes that one product's
+grid (qkv, o, gate/up, down, head) for N; "as shipped again" repeats the first to show the
+run's noise.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
 every layer in turn (weights come from HBM, as in a real step, not from an L2 warmed by
 repeating one layer) and timed with events; their sum over a step (argmax and embedding
 left out) and the whole decode graph are timed too. The difference to the first variant is
-what that part costs. Variants with FMV_ABLATE 1 to 4 compute wrong values: only their
+what that part costs. Variants with FMV_ABLATE 1, 2 and 4 compute wrong values: only their
 times mean anything (5, 6 and 8 compute the same values). Prints a table; writes
 DIR/gpu_decode_ablation.json.
 """
@@ -46,11 +45,9 @@ from worker.model import load_model  # noqa: E402
 
 # label -> (FMV_ABLATE, programmatic dependent launch, product blocks per multiprocessor,
 # fmv_plan's caps on warps per row and rows per warp, backend switches set otherwise than
-# shipped: attention's prefetch hints, RoPE from the model's table, gate/up rounding down's
-# input once)
+# shipped: RoPE from the model's table, gate/up rounding down's input once)
 B = cb.FMV_BLOCKS_PER_SM
 SWITCHES: dict[str, object] = {
-    "_prefetch_hints": True,
     "_rope_tables": True,
     "_round_once": True,
 }
@@ -66,9 +63,7 @@ VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] =
     "rpw=1": (0, True, B, (4, 1), {}),
     "no dot arithmetic": (1, True, B, (4, 4), {}),
     "no norm/rounding": (2, True, B, (4, 4), {}),
-    "no L2 prefetch": (3, True, B, (4, 4), {}),
     "no weight loads": (4, True, B, (4, 4), {}),
-    "no attention hints": (0, True, B, (4, 4), {"_prefetch_hints": False}),
     "norm weights staged in sync": (5, True, B, (4, 4), {}),
     "no K/V or cos/sin ahead": (6, True, B, (4, 4), {}),
     "down stages after the wait": (8, True, B, (4, 4), {}),
@@ -108,9 +103,15 @@ def replay_us(dec: Any, n: int) -> float:
     return cp.cuda.get_elapsed_time(start, end) * 1e3 / n
 
 
+_MODULES: dict[int, Any] = {}
+
+
 def module(variant: int) -> Any:
-    src = cb.KERNELS_PATH.read_text() + cb.DECODE_KERNELS_PATH.read_text() + cb.PREFILL_KERNELS_PATH.read_text()
-    return cp.RawModule(code=f"#define FMV_ABLATE {variant}\n" + src)
+    """The module compiled with FMV_ABLATE variant (once: "as shipped again" reuses it)."""
+    if variant not in _MODULES:
+        src = cb.KERNELS_PATH.read_text() + cb.DECODE_KERNELS_PATH.read_text() + cb.PREFILL_KERNELS_PATH.read_text()
+        _MODULES[variant] = cp.RawModule(code=f"#define FMV_ABLATE {variant}\n" + src)
+    return _MODULES[variant]
 
 
 def time_graph(fn: Any, reps: int = 5) -> float:
@@ -138,6 +139,7 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out")
     ap.add_argument("--variants", help="comma-separated labels of VARIANTS (default: all)")
+    ap.add_argument("--rounds", type=int, default=1, help="times to run the list, interleaved (medians)")
     args = ap.parse_args()
     chosen = args.variants.split(",") if args.variants else list(VARIANTS)
     be = cb.CupyBackend(0)
@@ -169,8 +171,8 @@ def main() -> int:
     }
     prompt = rng.integers(0, cfg.vocab_size, 16)
     products = product_keys(ad)
-    res: dict[str, dict[str, float]] = {}
-    for label in chosen:
+    runs: dict[str, list[dict[str, float]]] = {}
+    for label in [lab for _ in range(args.rounds) for lab in chosen]:
         v, use_pdl, bps, caps, switches = VARIANTS[label]
         be._module = module(v)
         be._functions.clear()
@@ -189,21 +191,27 @@ def main() -> int:
         tok = dec.greedy(1, 16)
         tok = dec.greedy(tok, 17)
         if getattr(dec, "graph", None) is not None:
-            row["whole step graph"] = replay_us(dec, 20)
+            row["whole step graph"] = replay_us(dec, 50)
         dec.close()
         be.free_kv_cache(cache)
-        res[label] = row
+        runs.setdefault(label, []).append(row)
         print(label, {k: round(t, 1) for k, t in row.items()}, flush=True)
+    # medians over the rounds (variants interleaved, so that a drift of the card's speed
+    # during the run falls on all of them alike)
+    res = {lab: {k: float(np.median([r.get(k, np.nan) for r in rows])) for k in rows[0]} for lab, rows in runs.items()}
     base = res[chosen[0]]
     dev = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"\n=== decode ablation, µs per call (per layer for layer steps), {dev}")
+    print(f"\n=== decode ablation, µs per call (per layer for layer steps), median of {args.rounds}, {dev}")
     print(f"{'step':22s}" + "".join(f"{lab[:18]:>20s}" for lab in res))
     for k in base:
         print(f"{k:22s}" + "".join(f"{res[lab].get(k, float('nan')):20.1f}" for lab in res))
+    if args.rounds > 1:
+        each = [" / ".join(f"{r.get('whole step graph', np.nan):.0f}" for r in rows) for rows in runs.values()]
+        print(f"{'graph, each round':22s}" + "".join(f"{e:>20s}" for e in each))
     be.free_kv_cache(att_cache)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "gpu_decode_ablation.json").write_text(json.dumps(res, indent=1))
+        (Path(args.out) / "gpu_decode_ablation.json").write_text(json.dumps({"medians": res, "runs": runs}, indent=1))
     be.close()
     return 0
 
