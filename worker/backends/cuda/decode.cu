@@ -12,10 +12,10 @@
 
 #if defined(__CUDACC__)
 
-// FMV_ABLATE (bench/gpu_decode_ablation.py compiles variants; 0 in the worker): 1 skips the
-// dot products' arithmetic, 2 the input's norm and rounding, 4 the weight loads (3 skipped
-// the L2 prefetches, gone since). Timing each against 0 says where a product's time goes. 5
-// stages the norm weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
+// FMV_ABLATE (bench/gpu_decode_ablation.py compiles variants; 0 in the worker): 1 skips the dot
+// products' arithmetic, 2 the input's norm and rounding, 4 the weight loads (3 skipped the L2
+// prefetches, gone since). Timing each against 0 says where a product's time goes. 5 stages the
+// norm weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
 // attention's loads ahead of pdl_wait of the cached K / V rows and RoPE's cos / sin
 // (attn_decode), 8 has the down projection stage its rows after pdl_wait; these compute the
 // same values.
