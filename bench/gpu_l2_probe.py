@@ -5,18 +5,17 @@ for it works? A probe on the GPU.
     python bench/gpu_l2_probe.py --model FILE.gguf [--mb 8,32] [--out DIR]
 
 For the model's output head and the first layer's gate/up product, each timed alone (CUDA
-events around one launch; medians of 7): L2 is first flushed by writing a 256 MiB buffer,
-then the weight's first N MiB are asked for by one of
+events around one replay of the product's recorded graph; medians of 7): L2 is first flushed
+by writing a 256 MiB buffer, then the weights' first N MiB are asked for by one of
     none      nothing (cold: every byte from HBM)
     bulk N    cp.async.bulk.prefetch.L2 of N bytes (1 MiB, 256, 64, 16 KiB), one a thread
-              (attn_decode's hints took 1 MiB chunks before 2026-12-06's second session, 64
-              KiB since)
+              (attn_decode's hints, dropped on 2026-12-06, took 1 MiB)
     lines     prefetch.global.L2 of every 128-byte line, one a thread
     read      every 16 bytes loaded (ld.global.cg: into L2, not L1) and summed
-and, after a kernel that spins for 1 ms (asynchronous prefetches land meanwhile, and the GPU is
-busy while the host queues the rest), the product's recorded graph is launched. A
-way that works makes the product faster by about N MiB over HBM's bandwidth, as long as L2
-holds them. Prints a table; writes DIR/gpu_l2_probe.json.
+then a kernel spins for 1 ms (asynchronous prefetches land meanwhile, and the GPU stays busy
+while the host queues the rest) before the product runs. A way that works makes the product
+faster by about N MiB over HBM's bandwidth, as long as L2 holds them. Prints a table; writes
+DIR/gpu_l2_probe.json.
 """
 
 from __future__ import annotations
