@@ -153,8 +153,7 @@ def main() -> int:
     if getattr(dec, "graph", None) is not None:
 
         def replay() -> None:
-            for _ in range(args.decode):
-                dec.graph.launch(dec.stream)
+            dec.replay(args.decode)
             dec.stream.synchronize()
 
         k = per_kernel(replay)

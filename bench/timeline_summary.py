@@ -14,16 +14,19 @@ from typing import Any
 
 import numpy as np
 
-ATTN, ARGMAX_PARTIAL, ARGMAX_STEP = 10, 13, 14
+ATTN, ATTN_O, ARGMAX_PARTIAL, ARGMAX_STEP = 10, 11, 13, 14
 FIELDS = ("work", "handoff", "stagger", "ahead", "p0", "p1", "p2", "late", "last up")
 
 
 def label(meta: int, idx_in_step: int, n_in_step: int, n_ff: int) -> str:
-    """The kernel kind of a stamp row: decode.cu's kinds (1 + fmv mode, 10 attention, 13 / 14
-    argmax), the down projection told from O by its K (n_ff), the head from QKV by its place."""
+    """The kernel kind of a stamp row: decode.cu's kinds (1 + fmv mode, 10 attention, 11 attention
+    with O, 13 / 14 argmax), the down projection told from O by its K (n_ff), the head from QKV
+    by its place."""
     kind, k = meta & 15, meta >> 4
     if kind == ATTN:
         return "rope+attention"
+    if kind == ATTN_O:
+        return f"rope+attention+o+residual (K={k})"
     if kind == ARGMAX_PARTIAL:
         return "argmax (blocks)"
     if kind == ARGMAX_STEP:

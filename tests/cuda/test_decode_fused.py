@@ -173,7 +173,7 @@ def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale,
     cfg, _ = _load(tiny_models[arch], NumpyBackend())
     if table:
         gpu._rope_table(cfg, make=40)
-        assert gpu._rope_table(cfg) is not None
+        assert gpu._kept_rope_table(cfg, 40) is not None
     rng = np.random.default_rng(11)
     d, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_kv_heads
     caches = [gpu.new_kv_cache(cfg, 40) for _ in range(2)]
@@ -189,6 +189,71 @@ def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale,
     gpu._rope_tabs.pop(id(cfg), None)
     for c in caches:
         gpu.free_kv_cache(c)
+
+
+@pytest.mark.parametrize("start", [13, 200], ids=["ctx14", "ctx201"])
+@pytest.mark.parametrize("table", [False, True], ids=["cos-sin-computed", "cos-sin-from-table"])
+@pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape"])
+@pytest.mark.parametrize("q_scale", [None, 0.125])
+def test_attention_output_fused_bit_identical(gpu, tiny_models, arch, q_scale, table, start):
+    """fmva_* (attention repeated in every block of the output projection) against attn_decode
+    then fmv_*, which tests above check against the composed path: the same output bits and
+    the same K / V rows written, so a recorded step may switch between them at any position."""
+    cfg, ad = _load(tiny_models[arch], gpu)
+    if table:
+        gpu._rope_table(cfg, make=start + 8)
+    rng = np.random.default_rng(12)
+    d, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_kv_heads
+    wo = ad.layers[0].wo
+    caches = [gpu.new_kv_cache(cfg, start + 8) for _ in range(2)]
+    prompt = [cp.asarray(rng.standard_normal((start, h, d), dtype=np.float32)) for h in (nh, nkv, nkv)]
+    for c in caches:  # the same prefill in both caches (composed path: n > 1)
+        gpu.rope_attention(*prompt, c, 0, 0, cfg, q_scale=q_scale)
+    step = [cp.asarray(rng.standard_normal((1, h, d), dtype=np.float32)) for h in (nh, nkv, nkv)]
+    resid = cp.asarray(rng.standard_normal((1, wo.n_out), dtype=np.float32))
+    before, saved = gpu.att_o_fused, gpu._att_o_max
+    gpu._att_o_max = 256  # (off as shipped: see cupy_backend.ATT_O_MAX)
+    try:
+        fused = gpu.attention_output(*step, caches[0], 0, start, cfg, wo, resid, q_scale=q_scale)
+    finally:
+        gpu._att_o_max = saved
+    assert gpu.att_o_fused == before + 1
+    apart = Backend.attention_output(gpu, *step, caches[1], 0, start, cfg, wo, resid, q_scale=q_scale)
+    assert bits_equal(fused, apart)
+    assert bits_equal(caches[0].k, caches[1].k) and bits_equal(caches[0].v, caches[1].v)
+    gpu._rope_tabs.pop(id(cfg), None)
+    for c in caches:
+        gpu.free_kv_cache(c)
+
+
+@pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape"])
+def test_graph_decoder_short_context_variant(gpu, tiny_models, arch):
+    """A decoder with fuse_max 12 replays graph_short (fmva_*) up to position 11 and the
+    general graph after: its logits must be those of eager steps that never fuse."""
+    cfg, ad = _load(tiny_models[arch], gpu)
+    prompt = np.random.default_rng(8).integers(0, cfg.vocab_size, 7)
+    steps, saved = 14, gpu._att_o_max
+    try:
+        gpu._att_o_max = 0
+        cache_e, logits = _prefill(ad, prompt, 7 + steps + 1)
+        ids, expect = [int(np.argmax(logits))], []
+        for i in range(steps):
+            expect.append(ad.forward(np.array([ids[-1]]), 7 + i, cache_e))
+            ids.append(int(np.argmax(expect[-1])))
+        gpu.free_kv_cache(cache_e)
+        gpu._att_o_max = 12
+        before = gpu.att_o_fused
+        cache_g, _ = _prefill(ad, prompt, 7 + steps + 1)
+        dec = ad.decoder(cache_g)
+        got = [dec.logits(ids[i], 7 + i) for i in range(steps)]
+        assert dec.graph is not None and dec.graph_short is not None and dec.fuse_max == 12
+        assert gpu.att_o_fused > before
+        dec.close()
+        gpu.free_kv_cache(cache_g)
+    finally:
+        gpu._att_o_max = saved
+    for i, (a, b) in enumerate(zip(got, expect, strict=True)):
+        assert bits_equal(a, b), f"step at position {7 + i}"
 
 
 def test_argmax_matches_numpy(gpu):

@@ -129,7 +129,7 @@ def test_norm_moe_of_a_prompt_routes_every_token_on_the_device(gpu, oss, monkeyp
 def test_yarn_rope_of_a_prompt_reads_the_device_table(gpu, oss):
     """Consecutive positions the model's table holds take its rows: the reference's bits."""
     cfg, _, ref = oss
-    assert id(cfg) in gpu._yarn  # made when prepare() recorded the decode step
+    assert id(cfg) in gpu._rope_tabs  # made when prepare() recorded the decode step
     x = np.random.default_rng(4).standard_normal((7, cfg.n_head, cfg.head_dim), dtype=np.float32)
     for pos in (np.arange(7), np.arange(3000, 3007)):
         assert bits_equal(gpu.rope(cp.asarray(x), pos, cfg), ref.backend.rope(x, pos, cfg))

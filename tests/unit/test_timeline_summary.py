@@ -114,3 +114,14 @@ def test_rows_that_are_not_whole_steps_are_refused():
     cut = tuple(a[:-1] for a in stamps)
     with pytest.raises(ValueError, match="unexpected kernel count"):
         summarize(*cut, STEPS, N_FF)
+
+
+def test_attention_with_o_is_its_own_kind():
+    # decode.cu's fmva_* (attention and O in one kernel, kind 11): a layer of four kernels
+    layer = [LAYER[0], (meta(11, N_EMBD), 6.0, 0.1, 11.0, 2.5, 0), *LAYER[3:]]
+    out = summarize(*timeline(layer * LAYERS + TAIL, STEPS), STEPS, N_FF)
+    kinds = out["kinds"]
+    assert out["kernels per step"] == 4 * LAYERS + len(TAIL)
+    assert "rope+attention" not in kinds and "o+residual (K=896)" not in kinds
+    fused = kinds["rope+attention+o+residual (K=896)"]
+    assert fused["per step"] == LAYERS and fused["work"] == pytest.approx(6.0)

@@ -116,13 +116,12 @@ class LlamaAdapter(ModelAdapter):
                 q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
             else:
                 q, k, v = be.norm_linears(x, L.attn_norm, cfg.norm_eps, [L.wq, L.wk, L.wv], [L.bq, L.bk, L.bv])
-            attn = be.rope_attention(
+            x = be.attention_output(
                 q.reshape(n, cfg.n_head, cfg.head_dim),
                 k.reshape(n, cfg.n_kv_heads, cfg.head_dim),
                 v.reshape(n, cfg.n_kv_heads, cfg.head_dim),
-                cache, i, start, cfg, q_scale=q_scale,
+                cache, i, start, cfg, L.wo, x, q_scale=q_scale,
             )  # fmt: skip
-            x = be.linear_add(attn, L.wo, x)
             if i == cfg.n_layer - 1:
                 x = be.last_row(x)  # only the last position's logits are needed
             h = be.norm_swiglu(x, L.ffn_norm, cfg.norm_eps, L.w_gate, L.w_up, round_for=L.w_down)

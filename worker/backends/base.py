@@ -199,6 +199,15 @@ class Backend(ABC):
             return self.attention(q, k, v, cache, layer, start)
         return self.attention_ext(q, k, v, cache, layer, start, kq_scale=kq_scale, sinks=sinks, window=window)
 
+    def attention_output(
+        self, q: Array, k: Array, v: Array, cache: KVCache, layer: int, start: int, cfg: ModelConfig, wo: Any,
+        residual: Array, *, q_scale: float | None = None, bias: Array | None = None,
+    ) -> Array:
+        """residual + rope_attention(...) @ wo.T (+ bias): a layer's attention through its output
+        projection, which a backend may do in one step (the CUDA backend's decode)."""
+        attn = self.rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale)
+        return self.linear_add(attn, wo, residual, bias)
+
     def norm_moe(self, x: Array, norm: Array, eps: float, moe: MoE) -> Array:
         """x + the experts' output for rms_norm(x): per token, the moe.n_used experts of highest
         router logit (descending, the first index on ties, as ggml_argsort_top_k), weighted by

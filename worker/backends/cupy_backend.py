@@ -101,6 +101,11 @@ INT_DOT_TYPES = frozenset({2, 3, 6, 7, 8, 12, 14, 39})
 # attention score buffer: 64 MiB each.
 SCRATCH_ELEMS = 16 << 20
 ATT_THREADS = 128  # must match kernels.cu
+# Decode contexts of up to this many positions take attention and the output projection in
+# one launch (CupyBackend.attention_output); longer ones attn_decode and the product apart.
+# 0: never. The one launch computes the same bits but was measured slower on the H100 (the
+# Qwen-shape step 1,071 µs against 766, docs/PERFORMANCE.md), so it is off until that is fixed.
+ATT_O_MAX = 0
 FMV_THREADS, FMV_WARPS = 256, 8  # must match decode.cu
 # Dynamic shared memory of a fused product (the input row, padded, and its int8 copy): the
 # kernels opt in to this much (cudaFuncAttributeMaxDynamicSharedMemorySize); without the
@@ -362,6 +367,11 @@ class CupyBackend(Backend):
         self._rounded: tuple[Any, Any, Any, Any] | None = None
         self.rounded_taken = 0
         self.moe_on_device = 0  # norm_moe calls routed on the device (tests/cuda checks the path runs)
+        self.att_o_fused = 0  # attention_output calls that took fmva_* (likewise)
+        # Contexts of up to this many positions take attention and O in one launch (fmva_*:
+        # every block repeats the attention for itself); 0: never (ATT_O_MAX; an A/B switch
+        # for bench/gpu_decode_ablation.py)
+        self._att_o_max = int(os.environ.get("WORKER_CUDA_ATT_O_MAX", str(ATT_O_MAX)))
         self._round_once = os.environ.get("WORKER_CUDA_ROUND_ONCE", "1") != "0"  # an A/B switch
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
@@ -370,10 +380,9 @@ class CupyBackend(Backend):
         self._prompt: PromptInput | None = None
         self._prompt_graphs: dict[int, PromptGraphs] = {}  # id(adapter) -> its graphs
         self._shared_decoders: dict[int, GraphDecoder] = {}  # id(adapter) -> its recorded step
-        # id(cfg) -> (cfg, positions, cos, sin): YaRN RoPE tables on the device (_yarn_table)
-        self._yarn: dict[int, tuple[ModelConfig, int, Any, Any]] = {}
-        # id(cfg) -> the same for plain RoPE (_rope_table), made at prepare(); used by decode
-        # steps unless switched off (bench/gpu_decode_ablation.py's "no rope table")
+        # id(cfg) -> (cfg, positions, cos, sin): a model's RoPE table on the device (_yarn_table,
+        # _rope_table); decode steps read plain RoPE's unless switched off
+        # (bench/gpu_decode_ablation.py's "no rope table")
         self._rope_tabs: dict[int, tuple[ModelConfig, int, Any, Any]] = {}
         self._rope_tables = True
         self._decoders: weakref.WeakSet[GraphDecoder] = weakref.WeakSet()
@@ -419,7 +428,7 @@ class CupyBackend(Backend):
         f = self._functions.get(name)
         if f is None:
             f = self._module.get_function(name)
-            if name.startswith(("fmv_", "act_split_")) and self._fmv_smem_max > FMV_SMEM_DEFAULT:
+            if name.startswith(("fmv_", "fmva_", "act_split_")) and self._fmv_smem_max > FMV_SMEM_DEFAULT:
                 f.max_dynamic_shared_size_bytes = self._fmv_smem_max
             self._functions[name] = f
         return f
@@ -508,7 +517,6 @@ class CupyBackend(Backend):
         """Drop weights and caches, return the pool's blocks, lift the limit we set."""
         self._weights.clear()
         self._uploaded.clear()
-        self._yarn.clear()
         self._rope_tabs.clear()
         self._weights_bytes = 0
         for ref in list(self._caches.values()):
@@ -797,7 +805,7 @@ class CupyBackend(Backend):
         if cfg.rope_yarn:
             # YaRN: the reference's own float32 tables: rows of the model's device table
             # (_yarn_table) for consecutive positions it holds, else made and uploaded
-            tab = self._yarn.get(id(cfg))
+            tab = self._rope_tabs.get(id(cfg))
             start = int(pos[0])
             if (tab is not None and tab[0] is cfg and start >= 0 and start + n <= tab[1]
                     and np.array_equal(pos, np.arange(start, start + n))):  # fmt: skip
@@ -1149,6 +1157,19 @@ class CupyBackend(Backend):
     def _bias(self, b: Any | None) -> Any | None:
         return None if b is None else self._f32(b)
 
+    def _plan(
+        self, k: int, mode: int, segs: list[tuple[Any, int, int, int]], total: int, slots: int = 1
+    ) -> FmvPlan | None:
+        """fmv_plan for a product of k columns over these weights (raw, row bytes, type, rows)."""
+        # rows of each weight back to back, whole blocks: several rows per warp may be staged
+        # as one run of bytes (fmv_plan's seg_rows)
+        whole = all(rb * get_format(t).block_size == k * get_format(t).type_size for _, rb, t, _ in segs)
+        # (sized for the rows of up to 4 slots, which share the multiprocessors: more slots
+        # than that fill a wave by themselves)
+        return fmv_plan(k, mode, total * min(slots, 4), tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
+                        self._fmv_bps_for.get((mode, k, total), self._fmv_blocks_per_sm), self._smem_per_sm,
+                        tuple(sg[3] for sg in segs) if whole else (), *self._fmv_caps)  # fmt: skip
+
     def _fmv_launch(
         self, x: Any, norm: Any | None, eps: float, mode: int, segs: list[tuple[Any, int, int, int]],
         biases: list[Any | None], outs: list[Any], act: str, resid: Any | None = None,
@@ -1163,14 +1184,7 @@ class CupyBackend(Backend):
         k = int(x.shape[1])
         total = segs[0][3] if mode else sum(sg[3] for sg in segs)
         slots = experts.slots if experts is not None else 1
-        # rows of each weight back to back, whole blocks: several rows per warp may be staged
-        # as one run of bytes (fmv_plan's seg_rows)
-        whole = all(rb * get_format(t).block_size == k * get_format(t).type_size for _, rb, t, _ in segs)
-        # (sized for the rows of up to 4 slots, which share the multiprocessors: more slots
-        # than that fill a wave by themselves)
-        plan = fmv_plan(k, mode, total * min(slots, 4), tuple(sg[2] for sg in segs), self._sm_count, self._fmv_smem_max,
-                        self._fmv_bps_for.get((mode, k, total), self._fmv_blocks_per_sm), self._smem_per_sm,
-                        tuple(sg[3] for sg in segs) if whole else (), *self._fmv_caps)  # fmt: skip
+        plan = self._plan(k, mode, segs, total, slots)
         if plan is None:  # _shared_input checked the input's part; a ring slot did not fit
             raise RuntimeError(f"fused product of {k} columns does not fit shared memory")
         grid = plan.grid if slots == 1 else -(-total // (FMV_WARPS // plan.wpr * plan.rpw * plan.iters))
@@ -1204,11 +1218,9 @@ class CupyBackend(Backend):
         reads a row by the position in device memory. Made once per model (first use; 256 bytes
         a position at rope_dim 64) and kept, like a weight: recorded steps hold its address.
         None when `need` positions are past it and no new one may be made here (a capture)."""
-        tab = self._yarn.get(id(cfg))
-        if tab is not None and tab[0] is cfg and tab[1] >= need:
-            return tab[2], tab[3]
-        if self._step is not None and self._step.capturing:
-            return None
+        tab = self._kept_rope_table(cfg, need)
+        if tab is not None or (self._step is not None and self._step.capturing):
+            return tab
         n = max(need, cfg.context_length)
         cos, sin = _yarn_tables(np.arange(n), cfg)
         # from the default pool, not a decoder's (whose blocks go when it closes); complete
@@ -1217,20 +1229,30 @@ class CupyBackend(Backend):
             cos_d = cp.asarray(np.ascontiguousarray(cos.reshape(n, -1), dtype=np.float32))
             sin_d = cp.asarray(np.ascontiguousarray(sin.reshape(n, -1), dtype=np.float32))
         cp.cuda.get_current_stream().synchronize()
-        for name, arr in (("rope_yarn.cos", cos_d), ("rope_yarn.sin", sin_d)):
-            self._register_weight(name, arr)  # a replaced table stays too: graphs may use it
-        self._yarn[id(cfg)] = (cfg, n, cos_d, sin_d)
+        return self._keep_rope_table(cfg, cos_d, sin_d, "rope_yarn")
+
+    def _keep_rope_table(self, cfg: ModelConfig, cos_d: Any, sin_d: Any, name: str) -> tuple[Any, Any]:
+        """Keep a model's cos / sin table [position, rope_dim / 2] like a weight (recorded steps
+        hold its address; a replaced table stays too, since graphs may use it)."""
+        for part, arr in (("cos", cos_d), ("sin", sin_d)):
+            self._register_weight(f"{name}.{part}", arr)
+        self._rope_tabs[id(cfg)] = (cfg, int(cos_d.shape[0]), cos_d, sin_d)
         return cos_d, sin_d
 
-    def _rope_table(self, cfg: ModelConfig, make: int = 0) -> tuple[Any, Any] | None:
+    def _kept_rope_table(self, cfg: ModelConfig, need: int = 0) -> tuple[Any, Any] | None:
+        """The model's kept table, if it holds `need` positions."""
+        tab = self._rope_tabs.get(id(cfg))
+        return (tab[2], tab[3]) if tab is not None and tab[0] is cfg and tab[1] >= need else None
+
+    def _rope_table(self, cfg: ModelConfig, make: int) -> tuple[Any, Any]:
         """Plain RoPE's cos and sin [position, rope_dim / 2] on the device, computed by the
         function attn_decode would otherwise run at every step (rope_cs_table: the same bits), so
         a step reads a row instead of taking cos and sin in double precision of an angle made
-        by up to rope_dim / 2 multiplications. make > 0 (prepare): made for that many positions
-        and kept, like a weight (4 * rope_dim bytes a position: 8 MiB for Qwen2.5-0.5B's
-        32,768). Otherwise the table made, or None."""
-        tab = self._rope_tabs.get(id(cfg))
-        if make and not (tab is not None and tab[0] is cfg and tab[1] >= make):
+        by up to rope_dim / 2 multiplications. Made (prepare) for `make` positions unless a kept
+        one holds them, and kept (4 * rope_dim bytes a position: 8 MiB for Qwen2.5-0.5B's
+        32,768)."""
+        tab = self._kept_rope_table(cfg, make)
+        if tab is None:
             half = cfg.rope_dim // 2
             with cp.cuda.using_allocator(self._pool.malloc):
                 cos_d = cp.empty((make, half), dtype=cp.float32)
@@ -1241,19 +1263,16 @@ class CupyBackend(Backend):
                 (-(-total // 256),), (256,), (cos_d, sin_d, np.int32(make), np.int32(half), np.float32(theta_scale))
             )
             cp.cuda.get_current_stream().synchronize()
-            for name, arr in (("rope.cos", cos_d), ("rope.sin", sin_d)):
-                self._register_weight(name, arr)  # a replaced table stays too: graphs may use it
-            tab = self._rope_tabs[id(cfg)] = (cfg, make, cos_d, sin_d)
-        if tab is None or tab[0] is not cfg:
-            return None
-        return tab[2], tab[3]
+            tab = self._keep_rope_table(cfg, cos_d, sin_d, "rope")
+        return tab
 
-    @_device_op
-    def rope_attention(
+    def _att_setup(
         self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
-        *, q_scale: float | None = None, kq_scale: float | None = None, sinks: Any | None = None,
-        window: int = 0,
-    ) -> Any:
+        q_scale: float | None, kq_scale: float | None, sinks: Any | None, window: int,
+    ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+        """The attention arguments of attn_decode and fmva_* for one query row at position start
+        (in a recorded step: the step's position): ((q, k, v, K cache, V cache), (position, start,
+        n_head, ... sinks)). None for a shape no device-position kernel takes."""
         n, n_head, d = q.shape
         n_kv = k.shape[1]
         yarn = cfg.rope_yarn
@@ -1263,45 +1282,112 @@ class CupyBackend(Backend):
         if yarn and n == 1 and cfg.rope_style != "none":
             table = self._yarn_table(cfg, need)
         elif n == 1 and cfg.rope_style != "none" and self._rope_tables:
-            table = self._rope_table(cfg)
-            if table is not None and int(table[0].shape[0]) < need:
-                table = None  # positions past it: attn_decode computes cos and sin itself
-        fused = n == 1 and (table is not None or not yarn) and d <= 256 and n_head % n_kv == 0
-        if not fused or (sinks is not None and q_scale is not None):
-            if step is not None and step.capturing:
-                # the composed path takes the position from the host: a graph would freeze it
-                raise RuntimeError("rope_attention: this shape has no device-position kernel")
-            return super().rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale, kq_scale=kq_scale,
-                                          sinks=sinks, window=window)  # fmt: skip
+            # (none, or positions past it: the kernels compute cos and sin themselves)
+            table = self._kept_rope_table(cfg, need)
+        # (attn_decode: rows of up to 256, a RoPE pair a thread)
+        if not (n == 1 and (table is not None or not yarn) and d <= 256 and n_head % n_kv == 0
+                and (cfg.rope_style == "none" or cfg.rope_dim <= 2 * ATT_THREADS)
+                and not (sinks is not None and q_scale is not None)):  # fmt: skip
+            return None
         if start + 1 > cache.capacity:
             raise ValueError(f"KV cache overflow: position {start + 1} > capacity {cache.capacity}")
-        q, k, v = self._f32(q), self._f32(k), self._f32(v)
         sinks_d = NULL if sinks is None else self._f32(cp.asarray(sinks).reshape(-1))
         if sinks is not None and sinks_d.size != n_head:
             raise ValueError(f"attention: {sinks_d.size} sinks for {n_head} heads")
         if step is not None:  # the cache's place comes from step.kv_d at replay
-            pos, stride, scores, kv, kc, vc = step.pos_d, step.max_positions, step.scores, step.kv_d, NULL, NULL
+            pos, kv, kc, vc = step.pos_d, step.kv_d, NULL, NULL
         else:
-            pos, stride, kv, kc, vc = NULL, start + 1, NULL, cache.k[layer], cache.v[layer]
-            scores = cp.empty(n_head * stride, dtype=cp.float32)
-        out = cp.empty((1, n_head * d), dtype=cp.float32)
+            pos, kv, kc, vc = NULL, NULL, cache.k[layer], cache.v[layer]
         style = {"none": 0, "normal": 1, "neox": 2}[cfg.rope_style]
         theta_scale = np.float32(cfg.rope_base) ** np.float32(-2.0 / cfg.rope_dim)
         # phi3 (q_scale): Q is scaled after RoPE and Q.K not again
         scale = 1.0 if q_scale is not None else 1.0 / np.sqrt(d) if kq_scale is None else kq_scale
         rcos, rsin = table if table is not None else (NULL, NULL)
-        self._launch_dep(
-            "attn_decode",
-            n_head,
-            ATT_THREADS,
-            (
-                q, k, v, kc, vc, out, scores, np.int32(stride), pos, np.int32(start),
-                np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(cfg.rope_dim), np.float32(theta_scale),
-                np.int32(style), np.float32(q_scale or 0.0), np.int32(q_scale is not None), np.float32(scale),
-                np.int32(window), kv, np.int32(layer), rcos, rsin, sinks_d,
-            ),
+        return (self._f32(q), self._f32(k), self._f32(v), kc, vc), (
+            pos, np.int32(start), np.int32(n_head), np.int32(n_kv), np.int32(d), np.int32(cfg.rope_dim),
+            np.float32(theta_scale), np.int32(style), np.float32(q_scale or 0.0), np.int32(q_scale is not None),
+            np.float32(scale), np.int32(window), kv, np.int32(layer), rcos, rsin, sinks_d,
         )  # fmt: skip
+
+    @_device_op
+    def rope_attention(
+        self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
+        *, q_scale: float | None = None, kq_scale: float | None = None, sinks: Any | None = None,
+        window: int = 0,
+    ) -> Any:
+        step = self._step
+        setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, kq_scale, sinks, window)
+        if setup is None:
+            if step is not None and step.capturing:
+                # the composed path takes the position from the host: a graph would freeze it
+                raise RuntimeError("rope_attention: this shape has no device-position kernel")
+            return super().rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale, kq_scale=kq_scale,
+                                          sinks=sinks, window=window)  # fmt: skip
+        qkv, rest = setup
+        n_head, d = q.shape[1], q.shape[2]
+        if step is not None:
+            stride, scores = step.max_positions, step.scores
+        else:
+            stride = start + 1
+            scores = cp.empty(n_head * stride, dtype=cp.float32)
+        out = cp.empty((1, n_head * d), dtype=cp.float32)
+        self._launch_dep("attn_decode", n_head, ATT_THREADS, (*qkv, out, scores, np.int32(stride), *rest))
         return out
+
+    @staticmethod
+    def _att_scratch_bytes(n_head: int, n_kv: int, d: int, n_rot: int, tmax: int) -> int:
+        """fmva_*'s attention scratch (decode.cu's AttPro): Q, the new K and V, the scores, P.V's
+        parts, the output, RoPE's cos and sin."""
+        parts = ATT_THREADS // (d // 8)
+        return 4 * (n_head * d + 2 * n_kv * d + n_head * tmax + n_head * parts * d + n_head * d + 2 * (n_rot // 2))
+
+    @_device_op
+    def attention_output(
+        self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig, wo: Any,
+        residual: Any, *, q_scale: float | None = None, bias: Any | None = None,
+    ) -> Any:
+        """One launch (fmva_*: decode.cu's AttPro, then the O product + residual) while the
+        context is short: at most att_o_max positions (a recorded step: the variant the decoder
+        replays up to there, step.fuse_att). Otherwise, or for a shape it does not take,
+        attn_decode and fmv_*: the same bits either way."""
+        step = self._step
+        n, n_head, d = q.shape
+        n_kv = k.shape[1]
+        residual = self._f32(residual)
+        # the scratch's scores a head (rounded up to 4: the output after them stays 16-byte aligned)
+        tmax = -(-(min(self._att_o_max, step.max_positions) if step is not None else start + 1) // 4) * 4
+        fuse = (
+            n == 1
+            and (step.fuse_att if step is not None else start + 1 <= self._att_o_max)
+            and d % 8 == 0
+            and n_head % n_kv == 0
+            and n_head // n_kv <= 8
+            and residual.shape == (1, getattr(wo, "n_out", -1))
+            and self._fmv_fits(n_head * d, [wo])
+        )
+        setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, None, None, 0) if fuse else None
+        plan = None
+        if setup is not None:
+            k_in = n_head * d
+            plan = self._plan(k_in, 1, [(wo.raw, wo.row_bytes, wo.type_id, wo.n_out)], wo.n_out)
+            smem = plan.smem + self._att_scratch_bytes(n_head, n_kv, d, cfg.rope_dim, tmax) if plan else 0
+            if plan is None or smem > self._fmv_smem_max:
+                plan = None
+        if plan is None:
+            attn = self.rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale)
+            return self.linear_add(attn, wo, residual, bias)
+        self._rounded = None
+        self.att_o_fused += 1
+        qkv, rest = setup
+        y = cp.empty((1, wo.n_out), dtype=cp.float32)
+        b = NULL if bias is None else self._bias(bias)
+        args = (
+            np.int32(n_head * d), np.int32(plan.iters), np.int32(plan.wpr), np.int32(plan.rpw), np.int32(plan.per),
+            np.int32(plan.nst), np.int32(plan.pass_bytes), wo.raw, np.int64(wo.row_bytes), np.int32(wo.type_id),
+            np.int32(wo.n_out), b, y, residual, *qkv, *rest, np.int32(tmax),
+        )  # fmt: skip
+        self._launch_dep("fmva_" + wo.act_type, plan.grid, FMV_THREADS, args, smem)
+        return y
 
     @_device_op
     def norm_moe(self, x: Any, norm: Any, eps: float, moe: MoE) -> Any:
@@ -1536,6 +1622,11 @@ class GraphDecoder(Decoder):
     position, logits), that step is queued again with the caller's input, overwriting what
     the speculative one wrote; at most one unused step runs at the end of a job.
 
+    Where the backend's att_o_max allows (not as shipped: ATT_O_MAX), contexts of up to
+    fuse_max positions replay a second recording of the step (graph_short), whose layers take
+    attention and the output projection in one launch (CupyBackend.attention_output); both
+    compute the same bits, so the switch between them at fuse_max is invisible but for speed.
+
     The attention kernels find the job's KV cache through kv_d (its K and V base addresses
     and capacity, in device memory), so a recorded step serves any cache of up to
     max_positions positions that bind() puts there. The backend keeps one such decoder per
@@ -1560,7 +1651,11 @@ class GraphDecoder(Decoder):
             self.kv_d = cp.zeros(3, dtype=cp.uint64)  # the bound cache: K base, V base, capacity
             self.round_cnt = cp.zeros(ROUND_MAX // 256, dtype=cp.uint32)  # round_output's counters
         self.tok_d, self.pos_d, self.next_d = self.state[0:1], self.state[1:2], self.state[2:3]
-        self.graph: Any = None
+        self.graph: Any = None  # the step for any position
+        self.graph_short: Any = None  # ... for positions below fuse_max (None: none recorded)
+        self.fuse_max = min(backend._att_o_max, self.max_positions)
+        self.fuse_att = False  # read by attention_output while a variant records
+        self._logits_for: dict[bool, Any] = {}  # each recording's logits (graph_short's: True)
         self.logits_d: Any = None
         self.steps = 0
         self.eager = False  # set when capture failed
@@ -1592,10 +1687,16 @@ class GraphDecoder(Decoder):
         counts those as free once the capture has dropped its arrays)."""
         return int(self.pool.total_bytes()) if self.pool is not None else 0
 
-    def _record(self) -> Any:
-        """The step's kernels on self.stream, allocating from self.pool."""
+    def _short(self, pos: int) -> bool:
+        """Whether the step at pos replays graph_short (or, eager, records that variant)."""
+        return pos + 1 <= self.fuse_max
+
+    def _record(self, fuse: bool = False) -> Any:
+        """The step's kernels on self.stream, allocating from self.pool; fuse: the variant of
+        graph_short."""
         be = self.be
         be._step = self
+        self.fuse_att = fuse
         try:
             with cp.cuda.using_allocator(self.pool.malloc):
                 logits = self.adapter.logits(np.zeros(1, dtype=np.int64), self._dev[1] or 0, self.cache)
@@ -1603,6 +1704,25 @@ class GraphDecoder(Decoder):
             return logits
         finally:
             be._step = None
+            self.fuse_att = False
+
+    def _replay(self, pos: int) -> None:
+        short = self.graph_short is not None and self._short(pos)
+        (self.graph_short if short else self.graph).launch(self.stream)
+        self.logits_d = self._logits_for[short]
+
+    def replay(self, n: int = 1) -> None:
+        """Queue n steps back to back from the position the device holds, each step's argmax the
+        next one's input, each the recording for its position: a greedy decode without the host
+        between tokens (bench/ times it)."""
+        pos = self._dev[1]
+        if self.graph is None or pos is None or pos + n > self.cache.capacity:
+            raise ValueError("replay: no recorded step, or past the cache")
+        with self.be._device, self.stream:
+            for i in range(n):
+                self._replay(pos + i)
+        self.steps += n
+        self._dev, self._ahead = (None, pos + n), None
 
     def _launch(self, token: int, pos: int) -> None:
         if pos + 1 > self.cache.capacity:
@@ -1614,12 +1734,13 @@ class GraphDecoder(Decoder):
                 self._dev = (token, pos)
             try:
                 if self.graph is not None:
-                    self.graph.launch(self.stream)
+                    self._replay(pos)
                 elif self.steps == 0 or self.eager:
                     self.logits_d = None
-                    self.logits_d = self._record()
+                    # (the first step: the general variant, which allocates what both use)
+                    self.logits_d = self._record(self.eager and self._short(pos))
                 else:
-                    self._capture()
+                    self._capture(pos)
             except Exception as exc:
                 if cp is not None and _is_oom(exc):
                     requested = int(getattr(exc, "_size", 0) or 0)
@@ -1633,30 +1754,43 @@ class GraphDecoder(Decoder):
         self.steps += 1
         self._dev = (None, pos + 1)
 
-    def _capture(self) -> None:
+    def _capture(self, pos: int) -> None:
+        """Record the step (graph), and its short-context variant (graph_short) where some
+        layer fuses, then replay the one for pos."""
         self.logits_d = None  # its blocks go back to the pool for the capture to reuse
-        self.capturing = True
-        self.stream.begin_capture()
-        logits = graph = error = None
-        try:
-            logits = self._record()
-        except Exception as exc:
-            error = exc
-        finally:
-            self.capturing = False
+        graphs: dict[bool, Any] = {}
+        error: BaseException | None = None
+        for fuse in (False, True) if self.fuse_max > 0 else (False,):
+            fused_before = self.be.att_o_fused
+            self.capturing = True
+            self.stream.begin_capture()
+            logits = graph = None
             try:
-                graph = self.stream.end_capture()
-            except Exception as exc:  # the capture was invalidated
-                error = error or exc
+                logits = self._record(fuse)
+            except Exception as exc:
+                error = exc
+            finally:
+                self.capturing = False
+                try:
+                    graph = self.stream.end_capture()
+                except Exception as exc:  # the capture was invalidated
+                    error = error or exc
+            if error is not None:
+                break
+            if fuse and self.be.att_o_fused == fused_before:
+                break  # no layer fused: the general graph serves every position
+            graphs[fuse] = graph
+            self._logits_for[fuse] = logits
         if error is not None:
+            self._logits_for.clear()
             if _is_oom(error):
                 raise error
             log.warning("CUDA graph capture failed (%s: %s); decoding without a graph", type(error).__name__, error)
             self.eager = True
-            self.logits_d = self._record()
+            self.logits_d = self._record(self._short(pos))
             return
-        self.graph, self.logits_d = graph, logits
-        self.graph.launch(self.stream)
+        self.graph, self.graph_short = graphs[False], graphs.get(True)
+        self._replay(pos)
 
     def greedy(self, token: int, pos: int) -> int:
         if self._ahead != (pos, token):  # not queued ahead (or with another input): queue it
@@ -1671,7 +1805,7 @@ class GraphDecoder(Decoder):
             self._copied[slot].record(self.stream)
             ahead = self.graph is not None and pos + 2 <= self.cache.capacity
             if ahead:  # step pos + 1, its input the argmax the device holds
-                self.graph.launch(self.stream)
+                self._replay(pos + 1)
                 self.steps += 1
             self._copied[slot].synchronize()
         nxt = int(self._host_view[slot])
@@ -1700,7 +1834,8 @@ class GraphDecoder(Decoder):
             return
         with self.be._device:
             self.stream.synchronize()
-            self.graph = self.logits_d = None
+            self.graph = self.graph_short = self.logits_d = None
+            self._logits_for.clear()
             self.state = self.scores = self.tok_d = self.pos_d = self.next_d = self.kv_d = self.round_cnt = None
             self._ahead = None
             self.pool.free_all_blocks()

@@ -16,9 +16,10 @@
 // products' arithmetic, 2 the input's norm and rounding, 4 the weight loads (3 skipped the L2
 // prefetches, gone since). Timing each against 0 says where a product's time goes. 5 stages the
 // norm weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
-// attention's loads ahead of pdl_wait of the cached K / V rows and RoPE's cos / sin
+// attention's loads ahead of pdl_wait of the cached K / V rows and its RoPE cos / sin
 // (attn_decode), 8 has the down projection stage its rows after pdl_wait; these compute the
-// same values.
+// same values. 9 and 10 stop fmva_*'s attention after RoPE / after the softmax (wrong values:
+// timing only).
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
 #endif
@@ -685,7 +686,299 @@ DEV void round_output(const float* y0, int total, int lo, int n, i8* rq, float* 
     }
 }
 
-template <int A>
+// RoPE angle of pair i at position p: ggml's float32 recurrence, cos/sin in double (as rope).
+DEV void rope_cs(int p, int i, float theta_scale, float* c, float* s) {
+    float theta = (float)p;
+    for (int k = 0; k < i; ++k) theta = __fmul_rn(theta, theta_scale);
+    *c = (float)cos((double)theta);
+    *s = (float)sin((double)theta);
+}
+
+// fmv_impl's input as the kernel before wrote it (every product but one).
+struct NoPro {
+    static constexpr unsigned KIND = 0;  // FMV_TIMELINE's kind: fmv_impl's own (1 + mode)
+    float* scratch;
+    DEV void ahead() {}
+    DEV const float* run(const float* x) { return x; }
+};
+
+// Attention for one query token, all heads, as the input of the output projection (the
+// fmva_* kernels: attention and O + residual in one launch). Every block of the product
+// computes the whole attention for itself, so none waits for another: the work is repeated
+// over the grid, which pays while the context is short (the host sends contexts of up to tmax
+// positions here, longer ones to attn_decode then fmv_*). The arithmetic is attn_decode's,
+// operation for operation: each score is one thread's sequential sum over the columns, the
+// softmax's sum runs per attn_decode thread (vt = 0 .. ATT_THREADS - 1 over positions t0 + vt,
+// t0 + vt + ATT_THREADS, ...) and then across its warps in their order, and P.V keeps its R row
+// groups and their order; so the output is attn_decode's bit for bit (tests/cuda checks), and
+// a recorded step may switch between the two paths at any position. Block 0 writes the new K
+// and V rows to the cache; the others use their own copy of them (no block reads a row another
+// is writing). Scratch (dynamic shared memory, after the product's ring): see ATT_* below.
+struct AttPro {
+    static constexpr unsigned KIND = 11;  // FMV_TIMELINE: bench/timeline_summary.py's ATTN_O
+    const float *q, *k, *v;
+    u16 *kc, *vc;
+    const int* pos;
+    int start, n_head, n_kv, d, n_rot;
+    float theta_scale;
+    int style;
+    float q_scale;
+    int has_q_scale;
+    float scale;
+    int window;
+    const unsigned long long* kv;
+    int layer;
+    const float *rcos, *rsin, *sinks;
+    int tmax;
+    float* scratch;  // set by fmv_impl
+    int p, t0;
+
+    // Before pdl_wait: nothing an earlier kernel of the step writes. The cache's place, the
+    // position, RoPE's cos and sin (into the scratch's cs), the cached rows t0 .. p - 1 of K and
+    // V into L1 (as attn_decode; complete before the step began).
+    DEV void ahead() {
+        if (kv != nullptr) {
+            const i64 layer_elems = (i64)layer * (i64)kv[2] * n_kv * d;
+            kc = (u16*)kv[0] + layer_elems;
+            vc = (u16*)kv[1] + layer_elems;
+        }
+        p = pos != nullptr ? pos[0] : start;
+        const int T = p + 1;
+        t0 = (window > 0 && T > window) ? T - window : 0;
+        const int tid = threadIdx.x, half = n_rot / 2;
+        float* cs = scratch + cs_off();
+        if (style != 0) {
+            for (int j = tid; j < half; j += FMV_THREADS) {
+                float c, s;
+                if (rcos != nullptr) {
+                    c = rcos[(i64)p * half + j];
+                    s = rsin[(i64)p * half + j];
+                } else {
+                    rope_cs(p, j, theta_scale, &c, &s);
+                }
+                cs[j] = c;
+                cs[half + j] = s;
+            }
+        }
+        if (FMV_ABLATE != 6 && (d & 63) == 0) {
+            const i64 kv_stride = (i64)n_kv * d;
+            const int ls = __ffs(d >> 6) - 1;  // log2 of the 128-byte lines a row of halves spans
+            const int per_row = n_kv << ls;
+            for (int j = tid; j < (p - t0) * per_row; j += FMV_THREADS) {
+                const int r = j / per_row, w = j - r * per_row;
+                const i64 off = (i64)(t0 + r) * kv_stride + 64 * (i64)w;
+                asm volatile("prefetch.global.L1 [%0];" ::"l"(kc + off));
+                asm volatile("prefetch.global.L1 [%0];" ::"l"(vc + off));
+            }
+        }
+    }
+    // Scratch, in floats: qs [n_head d] | kn, vn [n_kv d each] | sc [n_head tmax] | P.V's
+    // parts [n_head R d] | the output [n_head d] | RoPE's cos, sin [n_rot / 2 each]
+    // (CupyBackend._att_scratch_bytes counts the same)
+    DEV int parts_r() const { return ATT_THREADS / (d >> 3); }
+    DEV int out_off() const { return n_head * d + 2 * n_kv * d + n_head * tmax + n_head * parts_r() * d; }
+    DEV int cs_off() const { return out_off() + n_head * d; }
+
+    DEV const float* run(const float*) {
+        const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+        const int H = n_head, G = n_kv, D = d, gs = H / G, half = n_rot / 2;
+        const int T = p + 1, n = T - t0;
+        if (n > tmax) __trap();  // the scratch holds tmax scores a head (the host picks the path)
+        const i64 kv_stride = (i64)G * D;
+        float* qs = scratch;
+        float* kn = qs + H * D;
+        float* vn = kn + G * D;
+        float* sc = vn + G * D;
+        float* out = scratch + out_off();
+        const float* cs = scratch + cs_off();
+        __syncthreads();  // ahead()'s cos and sin, seen by every thread
+        // Q and the new K, V in one pass: a task is a RoPE pair of one row (or a column past
+        // n_rot), read from the QKV product's output, rotated, rounded (Q: scaled first, to
+        // float16; K: to its cache's float16) and, K / V by block 0, written to the cache.
+        // (Each pass below issues all of a thread's global loads before it uses them: one round
+        // trip to L2 a pass rather than one a value.)
+        const int hr = style != 0 ? half : 0, per = hr + (D - 2 * hr), ntask = (H + G) * per;
+        for (int c = tid; c < G * D; c += FMV_THREADS) vn[c] = round_f16(v[c]);
+        for (int i0t = 0; i0t < ntask; i0t += 4 * FMV_THREADS) {
+            float a[4], b[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int i = i0t + tid + r * FMV_THREADS;
+                if (i >= ntask) continue;
+                const int hh = i / per, j = i - hh * per;
+                const float* src = hh < H ? q + hh * D : k + (hh - H) * D;
+                if (j < hr) {
+                    a[r] = src[style == 2 ? j : 2 * j];
+                    b[r] = src[style == 2 ? j + hr : 2 * j + 1];
+                } else {
+                    a[r] = src[2 * hr + (j - hr)];
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int i = i0t + tid + r * FMV_THREADS;
+                if (i >= ntask) continue;
+                const int hh = i / per, j = i - hh * per;
+                const bool isq = hh < H;
+                int i0, i1 = -1;
+                float x0 = a[r], x1 = 0.f;
+                if (j < hr) {
+                    i0 = style == 2 ? j : 2 * j;
+                    i1 = style == 2 ? j + hr : 2 * j + 1;
+                    const float c = cs[j], sn = cs[half + j];
+                    x0 = __fsub_rn(__fmul_rn(a[r], c), __fmul_rn(b[r], sn));
+                    x1 = __fadd_rn(__fmul_rn(a[r], sn), __fmul_rn(b[r], c));
+                } else {
+                    i0 = 2 * hr + (j - hr);
+                }
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int col = e ? i1 : i0;
+                    const float x = e ? x1 : x0;
+                    if (col < 0) continue;
+                    if (isq) {
+                        qs[hh * D + col] = round_f16(has_q_scale ? __fmul_rn(x, q_scale) : x);
+                    } else {
+                        const int c = (hh - H) * D + col;
+                        const u16 k16 = f2h(x);
+                        kn[c] = h2f(k16);
+                        if (blockIdx.x == 0) kc[(i64)p * kv_stride + c] = k16;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        if (blockIdx.x == 0)
+            for (int c = tid; c < G * D; c += FMV_THREADS) vc[(i64)p * kv_stride + c] = f2h(v[c]);
+        if (FMV_ABLATE == 9) return qs;  // (timing only: the output projection of Q)
+        // Scores: a task is a position and a share of a group's heads (all gs of them over one K
+        // row when there are positions enough to fill the block; each head's sum is sequential
+        // over the columns, as attn_decode's thread's), 64 columns' loads at a time.
+        const int nsplit = min(gs, max(1, FMV_THREADS / (G * n))), hc = (gs + nsplit - 1) / nsplit;
+        for (int j = tid; j < G * n * nsplit; j += FMV_THREADS) {
+            const int gsh = j / n, t = t0 + (j - gsh * n), g = gsh / nsplit, h0 = (gsh - g * nsplit) * hc;
+            const int nh = min(hc, gs - h0);
+            const float* qg = qs + (g * gs + h0) * D;
+            const uint4* kr = (const uint4*)(kc + t * kv_stride + (i64)g * D);
+            float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            for (int c0 = 0; c0 < D; c0 += 64) {
+                uint4 w[8];
+                if (t != p) {
+#pragma unroll
+                    for (int u = 0; u < 8; ++u)
+                        if (c0 + 8 * u < D) w[u] = kr[(c0 >> 3) + u];
+                }
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    if (c0 + 8 * u >= D) break;
+                    float kv8[8];
+                    const u16* hv = (const u16*)&w[u];
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) kv8[e] = t == p ? kn[g * D + c0 + 8 * u + e] : h2f(hv[e]);
+#pragma unroll
+                    for (int hh = 0; hh < 8; ++hh) {
+                        if (hh < nh) {
+#pragma unroll
+                            for (int e = 0; e < 8; ++e)
+                                acc[hh] = fmaf(qg[hh * D + c0 + 8 * u + e], kv8[e], acc[hh]);
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int hh = 0; hh < 8; ++hh)
+                if (hh < nh) sc[(g * gs + h0 + hh) * tmax + (t - t0)] = __fmul_rn(acc[hh], scale);
+        }
+        __syncthreads();
+        // Softmax, a warp per head; lane l stands for attn_decode's threads l, l + 32, l + 64, l + 96.
+        static_assert(ATT_THREADS == 128, "AttPro stands for attn_decode's 4 warps");
+        for (int h = warp; h < H; h += FMV_WARPS) {
+            float* sh = sc + h * tmax;
+            float m = __int_as_float(0xff800000);  // -inf
+            for (int i = lane; i < n; i += 32) m = fmaxf(m, sh[i]);
+            m = warp_max(m);
+            const float sink = sinks != nullptr ? sinks[h] : 0.f;
+            if (sinks != nullptr) m = fmaxf(m, sink);
+            double part[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+            for (int vw = 0; vw < 4; ++vw) {
+                for (int i = lane + 32 * vw; i < n; i += ATT_THREADS) {
+                    const float e = expf(__fsub_rn(sh[i], m));
+                    sh[i] = e;
+                    part[vw] += (double)e;
+                }
+            }
+            double total = warp_sum_d(part[0]);
+            total += warp_sum_d(part[1]);
+            total += warp_sum_d(part[2]);
+            total += warp_sum_d(part[3]);
+            if (sinks != nullptr) total += (double)expf(__fsub_rn(sink, m));
+            const float inv = (float)(1.0 / total);
+            for (int i = lane; i < n; i += 32) sh[i] = round_f16(__fmul_rn(sh[i], inv));
+        }
+        __syncthreads();
+        if (FMV_ABLATE == 10) return qs;
+        // P.V: a task is (group, row group rg, 8 columns cg), the group's gs heads at once over
+        // one 16-byte load of a V row; rows t0 + rg, t0 + rg + R, ... in order, as attn_decode.
+        const int tpr = D >> 3, R = parts_r();
+        float* parts = sc + H * tmax;
+        for (int j = tid; j < G * R * tpr; j += FMV_THREADS) {
+            const int g = j / (R * tpr), rg = (j / tpr) % R, cg = j % tpr;
+            float acc[8][8];
+#pragma unroll
+            for (int hh = 0; hh < 8; ++hh)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[hh][e] = 0.f;
+            const u16* vr = vc + (i64)g * D + 8 * cg;
+            auto row = [&](int t, const uint4& w) {
+                float vv[8];
+                const u16* hv = (const u16*)&w;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) vv[e] = t == p ? vn[g * D + 8 * cg + e] : h2f(hv[e]);
+#pragma unroll
+                for (int hh = 0; hh < 8; ++hh) {
+                    if (hh < gs) {
+                        const float pr = sc[(g * gs + hh) * tmax + (t - t0)];
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) acc[hh][e] = fmaf(pr, vv[e], acc[hh][e]);
+                    }
+                }
+            };
+            int t = t0 + rg;
+            for (; t + 3 * R < T; t += 4 * R) {  // four rows' loads before their products
+                uint4 w[4];
+#pragma unroll
+                for (int u = 0; u < 4; ++u)
+                    if (t + u * R != p) w[u] = *(const uint4*)(vr + (i64)(t + u * R) * kv_stride);
+#pragma unroll
+                for (int u = 0; u < 4; ++u) row(t + u * R, w[u]);
+            }
+            for (; t < T; t += R) {
+                uint4 w = make_uint4(0u, 0u, 0u, 0u);
+                if (t != p) w = *(const uint4*)(vr + (i64)t * kv_stride);
+                row(t, w);
+            }
+#pragma unroll
+            for (int hh = 0; hh < 8; ++hh) {
+                if (hh < gs) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) parts[((g * gs + hh) * R + rg) * D + 8 * cg + e] = acc[hh][e];
+                }
+            }
+        }
+        __syncthreads();
+        for (int i = tid; i < H * D; i += FMV_THREADS) {
+            const int h = i / D, c = i - h * D;
+            float r = parts[h * R * D + c];
+            for (int g = 1; g < R; ++g) r += parts[(h * R + g) * D + c];
+            out[i] = r;
+        }
+        __syncthreads();
+        return out;
+    }
+};
+
+template <int A, class Pro>
 DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K, int mode, int iters,
                   int wpr, int rpw, int per, int nst, int pass_bytes,
                   const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,
@@ -694,7 +987,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
                   const float* __restrict__ resid, i8* rq, float* rd, int* rsum, unsigned* rcnt,
                   const i8* __restrict__ pq, const float* __restrict__ pd, const int* __restrict__ psum,
                   const int* __restrict__ eids, i64 wstride, i64 bstride, int xstride, int xdiv, int ystride,
-                  float oai_alpha, float oai_limit) {
+                  float oai_alpha, float oai_limit, Pro pro) {
     extern __shared__ __align__(16) float fmv_smem[];
     TL_BEGIN
     if (eids != nullptr) {
@@ -723,6 +1016,8 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     const int u0 = mode == 3 ? 0 : part * per;
     const int nu = mode == 3 ? nunits : max(0, min(per, nunits - u0));
     u8* ring = (u8*)fmv_smem + act_smem_bytes(K) + (i64)warp * nst * npass * pass_bytes;
+    // (the input's producer's scratch, after every warp's ring: AttPro)
+    pro.scratch = (float*)((u8*)fmv_smem + act_smem_bytes(K) + (i64)FMV_WARPS * nst * npass * pass_bytes);
     // Where this warp's units lie in a row of each weight (bytes from the row's start, and how
     // many): constant over the rounds, so computed once.
     const int off0 = unit_offset(t0, u0), len0 = unit_offset(t0, u0 + nu) - off0;
@@ -791,14 +1086,15 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     // (Rows past the ring are not prefetched into L2 ahead of their copies: on the H200 that
     // cost the Qwen-shape step ~30 µs, bench/gpu_decode_ablation.py's "no row prefetch".)
     if (!norm_async) stage_norm(nw, K, xs);
+    pro.ahead();
     pdl_wait();
-    TL_WAITED(1u + (unsigned)mode + ((unsigned)K << 4))
+    TL_WAITED((Pro::KIND ? Pro::KIND : 1u + (unsigned)mode) + ((unsigned)K << 4))
     // the norm weights' group has landed (load_act's barriers show them to every thread)
     if (norm_async) cp_async_wait(nst);
     if (late_ring)
         for (int it = 0; it < nst; ++it) issue(it, it);
     if (pq != nullptr) load_pre(pq, pd, psum, K, xs);
-    else load_act<A>(x, nw, eps, K, xs, ss, true);
+    else load_act<A>(pro.run(x), nw, eps, K, xs, ss, true);
     TL_MARK(0)
     int sl = 0;  // ring slot of round it
     for (int it = 0; it < iters; ++it) {
@@ -879,7 +1175,21 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0, \
                     W1, rb1, t1, n1, b1, y1,                                                           \
                     W2, rb2, t2, n2, b2, y2, resid, rq, rd, rsum, rcnt, pq, pd, psum,                  \
-                    eids, wstride, bstride, xstride, xdiv, ystride, oai_alpha, oai_limit);             \
+                    eids, wstride, bstride, xstride, xdiv, ystride, oai_alpha, oai_limit, NoPro{nullptr});    \
+    }                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(FMV_THREADS, 2) fmva_##NAME(                           \
+        int K, int iters, int wpr, int rpw, int per, int nst, int pass_bytes,                          \
+        const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0, const float* resid,         \
+        const float* q, const float* k, const float* v, u16* kc, u16* vc, const int* pos, int start,   \
+        int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale,           \
+        int has_q_scale, float scale, int window, const unsigned long long* kv, int layer,             \
+        const float* rcos, const float* rsin, const float* sinks, int tmax) {                          \
+        AttPro pro{q, k, v, kc, vc, pos, start, n_head, n_kv, d, n_rot, theta_scale, style, q_scale,   \
+                   has_q_scale, scale, window, kv, layer, rcos, rsin, sinks, tmax, nullptr, 0, 0};     \
+        fmv_impl<A>(nullptr, nullptr, 0.f, K, 1, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, \
+                    b0, y0, nullptr, 0, -1, 0, nullptr, nullptr, nullptr, 0, -1, 0, nullptr, nullptr,  \
+                    resid, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0,  \
+                    0, 0, 1, 0, 0.f, 0.f, pro);                                                        \
     }
 
 FMV_INSTANTIATE(A_F32, f32)
@@ -888,14 +1198,6 @@ FMV_INSTANTIATE(A_BF16, bf16)
 FMV_INSTANTIATE(A_Q8_0, q8_0)
 FMV_INSTANTIATE(A_Q8_1, q8_1)
 FMV_INSTANTIATE(A_Q8_K, q8_k)
-
-// RoPE angle of pair i at position p: ggml's float32 recurrence, cos/sin in double (as rope).
-DEV void rope_cs(int p, int i, float theta_scale, float* c, float* s) {
-    float theta = (float)p;
-    for (int k = 0; k < i; ++k) theta = __fmul_rn(theta, theta_scale);
-    *c = (float)cos((double)theta);
-    *s = (float)sin((double)theta);
-}
 
 // One query token: RoPE on q (head h) and on the new k, the new K/V rows written to the
 // float16 cache at position p (by the first query head of each KV group; the other heads of
@@ -932,22 +1234,30 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         // The cached rows t0 .. p - 1 of this head's K and V (earlier steps wrote them, or
         // the prompt: complete before this step began) into L1 while the kernels before finish:
         // after the wait, the scores' and P.V's loads hit L1 rather than L2.
-        const int lines = d >> 6;  // 128-byte lines a row of halves spans
-        for (int j = tid; j < (p - t0) * lines; j += blockDim.x) {
-            const i64 off = (i64)(t0 + j / lines) * kv_stride + (i64)kvh * d + 64 * (j % lines);
+        const int ls = __ffs(d >> 6) - 1;  // log2 of the 128-byte lines a row of halves spans
+        for (int j = tid; j < (p - t0) << ls; j += blockDim.x) {
+            const i64 off = (i64)(t0 + (j >> ls)) * kv_stride + (i64)kvh * d + 64 * (j & ((1 << ls) - 1));
             asm volatile("prefetch.global.L1 [%0];" ::"l"(kc + off));
             asm volatile("prefetch.global.L1 [%0];" ::"l"(vc + off));
         }
     }
-    // this thread's pair of RoPE's table row (made at load): its cos and sin, also ahead
+    // RoPE: pair tid (half <= ATT_THREADS, the host checks: one pair a thread). Its cos and sin
+    // depend on the position alone, so they are taken ahead of the wait too: a row of the
+    // model's table (made at load; YaRN: the reference's own values) or rope_cs.
     const int half = n_rot / 2;
-    const bool cs_ahead = FMV_ABLATE != 6 && style != 0 && rcos != nullptr && tid < half;
-    float c_ahead = 0.f, s_ahead = 0.f;
-    if (cs_ahead) {
-        c_ahead = rcos[(i64)p * half + tid];
-        s_ahead = rsin[(i64)p * half + tid];
-    }
+    float rc = 1.f, rs = 0.f;
+    auto pair_cs = [&]() {
+        if (style == 0 || tid >= half) return;
+        if (rcos != nullptr) {
+            rc = rcos[(i64)p * half + tid];
+            rs = rsin[(i64)p * half + tid];
+        } else {
+            rope_cs(p, tid, theta_scale, &rc, &rs);
+        }
+    };
+    if (FMV_ABLATE != 6) pair_cs();
     pdl_wait();
+    if (FMV_ABLATE == 6) pair_cs();
     TL_WAITED(10u + ((unsigned)T_stride << 4))
     __shared__ float redf[ATT_THREADS];
     __shared__ double redd[ATT_THREADS];
@@ -961,26 +1271,16 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     }
     __syncthreads();
     if (style != 0) {
-        for (int i = tid; i < half; i += blockDim.x) {
-            float c, s;
-            if (cs_ahead && i == tid) {
-                c = c_ahead;
-                s = s_ahead;
-            } else if (rcos != nullptr) {  // a table's row (YaRN: the reference's own values)
-                c = rcos[(i64)p * half + i];
-                s = rsin[(i64)p * half + i];
-            } else {
-                rope_cs(p, i, theta_scale, &c, &s);
-            }
-            const int i0 = style == 2 ? i : 2 * i, i1 = style == 2 ? i + half : 2 * i + 1;
+        if (tid < half) {
+            const int i0 = style == 2 ? tid : 2 * tid, i1 = style == 2 ? tid + half : 2 * tid + 1;
             // (each pair is one thread's: read and rotated in place)
             float x0 = qs[i0], x1 = qs[i1];
-            qs[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-            qs[i1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+            qs[i0] = __fsub_rn(__fmul_rn(x0, rc), __fmul_rn(x1, rs));
+            qs[i1] = __fadd_rn(__fmul_rn(x0, rs), __fmul_rn(x1, rc));
             x0 = kn[i0];
             x1 = kn[i1];
-            kn[i0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-            kn[i1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+            kn[i0] = __fsub_rn(__fmul_rn(x0, rc), __fmul_rn(x1, rs));
+            kn[i1] = __fadd_rn(__fmul_rn(x0, rs), __fmul_rn(x1, rc));
         }
         __syncthreads();
     }
