@@ -4,8 +4,8 @@
 // A decode step of a 0.5B model is ~400 small products and element-wise operations; launched
 // one by one they cost far more than the ~0.15 ms it takes to read the weights. These kernels
 // do a decoder layer in five launches (norm+QKV, RoPE+cache write+attention, O+residual,
-// norm+gate/up+SwiGLU, down+residual), and the CuPy backend captures a whole step in a CUDA
-// graph. Arithmetic is the unfused kernels' own (same rounding of activations, same RMSNorm /
+// norm+gate/up+SwiGLU, down+residual; fmva_* would make the middle two one, see AttPro), and
+// the CuPy backend captures a whole step in a CUDA graph. Arithmetic is the unfused kernels' own (same rounding of activations, same RMSNorm /
 // RoPE / softmax code), except inside a product: a 32-element unit of most block formats is
 // summed exactly in integers (kernels.cu's unit_dot_i8, as ggml's CUDA kernels do) and scaled
 // once, and the float32 sums run per unit, then across the warp.
@@ -705,15 +705,16 @@ struct NoPro {
 // Attention for one query token, all heads, as the input of the output projection (the
 // fmva_* kernels: attention and O + residual in one launch). Every block of the product
 // computes the whole attention for itself, so none waits for another: the work is repeated
-// over the grid, which pays while the context is short (the host sends contexts of up to tmax
-// positions here, longer ones to attn_decode then fmv_*). The arithmetic is attn_decode's,
+// over the grid (the host sends contexts of up to att_o_max positions here, longer ones to
+// attn_decode then fmv_*; as shipped none: one block doing every head measured slower than the
+// launch it saves, docs/PERFORMANCE.md). The arithmetic is attn_decode's,
 // operation for operation: each score is one thread's sequential sum over the columns, the
 // softmax's sum runs per attn_decode thread (vt = 0 .. ATT_THREADS - 1 over positions t0 + vt,
 // t0 + vt + ATT_THREADS, ...) and then across its warps in their order, and P.V keeps its R row
 // groups and their order; so the output is attn_decode's bit for bit (tests/cuda checks), and
 // a recorded step may switch between the two paths at any position. Block 0 writes the new K
 // and V rows to the cache; the others use their own copy of them (no block reads a row another
-// is writing). Scratch (dynamic shared memory, after the product's ring): see ATT_* below.
+// is writing). Scratch: dynamic shared memory after the product's ring, laid out at cs_off.
 struct AttPro {
     static constexpr unsigned KIND = 11;  // FMV_TIMELINE: bench/timeline_summary.py's ATTN_O
     const float *q, *k, *v;
