@@ -6,7 +6,7 @@ an idle GPU. With the launch attribute CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_S
 (sm_90) the next kernel's blocks may start as soon as every block of the running one has
 executed `griddepcontrol.launch_dependents`; they prefetch their weights and then wait in
 `griddepcontrol.wait`, which returns once the previous kernel has completed and its writes
-are visible (decode.cu's pdl_trigger / pdl_wait). Stream capture records the launches as
+are visible (kernels.cu's pdl_trigger / pdl_wait). Stream capture records the launches as
 programmatic edges, so a captured decode step keeps the overlap.
 
 CuPy's RawKernel has no way to pass launch attributes, so this calls cuLaunchKernelEx from

@@ -5,7 +5,8 @@
 // one by one they cost far more than the ~0.15 ms it takes to read the weights. These kernels
 // do a decoder layer in five launches (norm+QKV, RoPE+cache write+attention, O+residual,
 // norm+gate/up+SwiGLU, down+residual; fmva_* would make the middle two one, see AttPro), and
-// the CuPy backend captures a whole step in a CUDA graph. Arithmetic is the unfused kernels' own (same rounding of activations, same RMSNorm /
+// the CuPy backend captures a whole step in a CUDA graph. Arithmetic is the unfused kernels'
+// own (same rounding of activations, same RMSNorm /
 // RoPE / softmax code), except inside a product: a 32-element unit of most block formats is
 // summed exactly in integers (kernels.cu's unit_dot_i8, as ggml's CUDA kernels do) and scaled
 // once, and the float32 sums run per unit, then across the warp.
@@ -23,22 +24,6 @@
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
 #endif
-
-// Programmatic dependent launch (worker/backends/pdl.py launches the decode kernels with it on
-// sm_90): pdl_trigger lets the next kernel's blocks start while this one runs; a kernel does
-// only work that reads no earlier kernel's output (weight prefetches) before pdl_wait, which
-// returns once the previous kernel has completed and its writes are visible. Launched
-// without the attribute, both are no-ops.
-DEV void pdl_trigger() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-DEV void pdl_wait() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 // FMV_TIMELINE (bench/gpu_timeline.py compiles it; 0 in the worker): each decode kernel
 // stamps %globaltimer when its first block starts, when its first and last blocks pass
@@ -694,6 +679,15 @@ DEV void rope_cs(int p, int i, float theta_scale, float* c, float* s) {
     *s = (float)sin((double)theta);
 }
 
+// A replayed step's K and V rows of `layer` in the job's cache: kv = {K base, V base, capacity}
+// of a cache [layer][capacity][n_kv][d], written by the host before the replay (so read ahead
+// of pdl_wait: no earlier kernel's output).
+DEV void layer_cache(const unsigned long long* kv, int layer, int n_kv, int d, u16** kc, u16** vc) {
+    const i64 layer_elems = (i64)layer * (i64)kv[2] * n_kv * d;
+    *kc = (u16*)kv[0] + layer_elems;
+    *vc = (u16*)kv[1] + layer_elems;
+}
+
 // fmv_impl's input as the kernel before wrote it (every product but one).
 struct NoPro {
     static constexpr unsigned KIND = 0;  // FMV_TIMELINE's kind: fmv_impl's own (1 + mode)
@@ -738,11 +732,7 @@ struct AttPro {
     // position, RoPE's cos and sin (into the scratch's cs), the cached rows t0 .. p - 1 of K and
     // V into L1 (as attn_decode; complete before the step began).
     DEV void ahead() {
-        if (kv != nullptr) {
-            const i64 layer_elems = (i64)layer * (i64)kv[2] * n_kv * d;
-            kc = (u16*)kv[0] + layer_elems;
-            vc = (u16*)kv[1] + layer_elems;
-        }
+        if (kv != nullptr) layer_cache(kv, layer, n_kv, d, &kc, &vc);
         p = pos != nullptr ? pos[0] : start;
         const int T = p + 1;
         t0 = (window > 0 && T > window) ? T - window : 0;
@@ -1216,11 +1206,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     float scale, int window, const unsigned long long* __restrict__ kv, int layer,
     const float* __restrict__ rcos, const float* __restrict__ rsin, const float* __restrict__ sinks) {
     __shared__ float qs[256], kn[256], vn[256];
-    if (kv != nullptr) {  // written before the replay by the host: no earlier kernel's output
-        const i64 layer_elems = (i64)layer * (i64)kv[2] * n_kv * d;
-        kc = (u16*)kv[0] + layer_elems;
-        vc = (u16*)kv[1] + layer_elems;
-    }
+    if (kv != nullptr) layer_cache(kv, layer, n_kv, d, &kc, &vc);
     TL_BEGIN
     pdl_trigger();
     const int h = blockIdx.x, tid = threadIdx.x;

@@ -41,6 +41,21 @@ __device__ __forceinline__ u16 f2h(float f) {
 #define I2F(u) __int_as_float((int)(u))
 #define F2I(f) ((u32)__float_as_int(f))
 #define DP4A(a, b, c) __dp4a((int)(a), (int)(b), (c))
+// Programmatic dependent launch (worker/backends/pdl.py launches decode.cu's kernels with it on
+// sm_90): pdl_trigger lets the next kernel's blocks start while this one runs; a kernel does
+// only work that reads no earlier kernel's output (weight prefetches) before pdl_wait, which
+// returns once the previous kernel has completed and its writes are visible. Launched
+// without the attribute, both are no-ops.
+DEV void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+DEV void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 #else
 // ---- host shim: compile with g++ -ffp-contract=off (tests only) ----
 #include <math.h>
@@ -419,9 +434,7 @@ DEV void dequant_impl(const u8* __restrict__ W, i64 row_bytes, float* __restrict
 template <int T>
 DEV void embed_impl(const u8* __restrict__ table, i64 row_bytes, const int* __restrict__ ids,
                     float* __restrict__ out, int n_embd) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+    pdl_trigger();
     const u8* r = table + (i64)ids[blockIdx.x] * row_bytes;
     for (int c = threadIdx.x; c < n_embd; c += blockDim.x) out[(i64)blockIdx.x * n_embd + c] = dq<T, true>(r, c);
 }
