@@ -14,8 +14,9 @@ after pdl_wait; "norm weights staged in sync" (5) loads the products' norm weigh
 plain loads, not cp.async; "down rounds its input" has every down block round gate/up's
 output itself (no round_output); "attention with O" launches attention and the output
 projection as one kernel (fmva_*) up to 256 positions (cupy_backend.ATT_O_MAX, 0 as shipped),
-"fused: RoPE only" (9) and "fused: no P.V" (10) the same kernel stopped early (wrong values,
-timing only), "fused: no K/V ahead" (6) without its rows ahead of the wait; "down stages
+"fused: RoPE only" (9), "fused: scores only" (12) and "fused: no P.V" (10) the same kernel
+stopped early (wrong values, timing only; the rows attention+o@64 and @250 time it per
+layer at those contexts), "fused: no K/V ahead" (6) without its rows ahead of the wait; "down stages
 after the wait" (8) has the down projection copy its rows only once its input exists;
 "<product> N blocks/SM" sizes that one product's grid (qkv, o, gate/up, down, head) for N;
 "as shipped again" repeats the first to show the run's noise.
@@ -76,6 +77,7 @@ VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] =
     "attention with O": (0, True, B, (4, 4), {"_att_o_max": 256}),
     "fused: RoPE only": (9, True, B, (4, 4), {"_att_o_max": 256}),
     "fused: no P.V": (10, True, B, (4, 4), {"_att_o_max": 256}),
+    "fused: scores only": (12, True, B, (4, 4), {"_att_o_max": 256}),
     "fused: no K/V ahead": (6, True, B, (4, 4), {"_att_o_max": 256}),
 }
 # label -> {product: blocks per multiprocessor} for single products (the rest as shipped)
@@ -165,12 +167,16 @@ def main() -> int:
     act = cp.asarray(rng.standard_normal((1, cfg.n_ff), dtype=np.float32))
     q = cp.asarray(rng.standard_normal((1, cfg.n_head, cfg.head_dim), dtype=np.float32))
     kv = cp.asarray(rng.standard_normal((1, cfg.n_kv_heads, cfg.head_dim), dtype=np.float32))
-    att_cache = ad.new_cache(128)
+    att_cache = ad.new_cache(256)
     steps: dict[str, Any] = {
         "rope+attention@64": lambda: [be.rope_attention(q, kv, kv, att_cache, i, 64, cfg) for i in range(n)],
         # (one launch a layer while att_o_max allows, else the two above)
         "attention+o@64": lambda: [
             be.attention_output(q, kv, kv, att_cache, i, 64, cfg, ly.wo, x) for i, ly in enumerate(L)
+        ],
+        # (at 250 positions: still fused under the variants' att_o_max of 256)
+        "attention+o@250": lambda: [
+            be.attention_output(q, kv, kv, att_cache, i, 249, cfg, ly.wo, x) for i, ly in enumerate(L)
         ],
         "norm+qkv": lambda: [
             be.norm_linears(x, ly.attn_norm, cfg.norm_eps, [ly.wq, ly.wk, ly.wv], [ly.bq, ly.bk, ly.bv]) for ly in L
@@ -195,8 +201,10 @@ def main() -> int:
         be._fmv_bps_for = {products[what]: n for what, n in PER_PRODUCT.get(label, {}).items()}
         row = {k: time_graph(fn) / (1 if k == "head" else n) for k, fn in steps.items()}
         # a step as the sum of its parts: each layer step once per layer, the head once
-        # (attention+o@64 is the other two where they fuse: not counted again)
-        row["sum of the parts"] = sum(t * (1 if k == "head" else n) for k, t in row.items() if k != "attention+o@64")
+        # (attention+o is the other two where they fuse: not counted again)
+        row["sum of the parts"] = sum(
+            t * (1 if k == "head" else n) for k, t in row.items() if not k.startswith("attention+o")
+        )
         cache = ad.new_cache(16 + 64)
         ad.forward(prompt, 0, cache)
         dec = ad.decoder(cache)

@@ -4,9 +4,10 @@ The fused steps must compute what the composed steps compute (the base Backend's
 over the unfused CUDA kernels, themselves checked against NumPy in test_cuda_backend.py): the
 same rounding of every activation and the same weight bits, with float32 sums in another
 order, so within 1e-5 relative; attention within 1e-6 (its P.V sums run in another order
-too) and the KV-cache rows bit-identical. The graph decoder replays exactly the kernels an
-eager one-token forward pass runs, so its logits and greedy ids must be bit-identical to
-forward()'s.
+too) and the KV-cache rows bit-identical; attention and the output projection in one kernel
+(fmva_*, tensor cores) within float32 rounding of the two apart. The graph decoder replays
+exactly the kernels an eager one-token forward pass runs, so its logits and greedy ids must
+be bit-identical to forward()'s.
 """
 
 from __future__ import annotations
@@ -195,10 +196,12 @@ def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale,
 @pytest.mark.parametrize("table", [False, True], ids=["cos-sin-computed", "cos-sin-from-table"])
 @pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape"])
 @pytest.mark.parametrize("q_scale", [None, 0.125])
-def test_attention_output_fused_bit_identical(gpu, tiny_models, arch, q_scale, table, start):
-    """fmva_* (attention repeated in every block of the output projection) against attn_decode
-    then fmv_*, which tests above check against the composed path: the same output bits and
-    the same K / V rows written, so a recorded step may switch between them at any position."""
+def test_attention_output_fused_matches_apart(gpu, tiny_models, arch, q_scale, table, start):
+    """fmva_* (attention on tensor cores, repeated in every block of the output projection)
+    against attn_decode then fmv_*, which tests above check against the composed path: the
+    same float16 operands, so the attention differs only by the order of its float32 sums (the
+    O product's input may then round to another int8 in rare places); the K / V rows written
+    are the same bits."""
     cfg, ad = _load(tiny_models[arch], gpu)
     if table:
         gpu._rope_table(cfg, make=start + 8)
@@ -219,7 +222,11 @@ def test_attention_output_fused_bit_identical(gpu, tiny_models, arch, q_scale, t
         gpu._att_o_max = saved
     assert gpu.att_o_fused == before + 1
     apart = Backend.attention_output(gpu, *step, caches[1], 0, start, cfg, wo, resid, q_scale=q_scale)
-    assert bits_equal(fused, apart)
+    # the product's part alone (the residual is added exactly in both), and the whole row
+    part = rel(fused - resid, apart - resid)
+    assert part < 1e-4, f"attention @ W_O differs by {part:.2e} relative"
+    assert rel(fused, apart) < 1e-5
+    assert not bits_equal(fused - resid, cp.zeros_like(resid))  # (the attention reached the output)
     assert bits_equal(caches[0].k, caches[1].k) and bits_equal(caches[0].v, caches[1].v)
     gpu._rope_tabs.pop(id(cfg), None)
     for c in caches:
@@ -229,31 +236,51 @@ def test_attention_output_fused_bit_identical(gpu, tiny_models, arch, q_scale, t
 @pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape"])
 def test_graph_decoder_short_context_variant(gpu, tiny_models, arch):
     """A decoder with fuse_max 12 replays graph_short (fmva_*) up to position 11 and the
-    general graph after: its logits must be those of eager steps that never fuse."""
+    general graph after: its logits must be bit for bit those of eager steps under the same
+    setting, and within float32 rounding of steps that never fuse."""
     cfg, ad = _load(tiny_models[arch], gpu)
     prompt = np.random.default_rng(8).integers(0, cfg.vocab_size, 7)
     steps, saved = 14, gpu._att_o_max
-    try:
-        gpu._att_o_max = 0
-        cache_e, logits = _prefill(ad, prompt, 7 + steps + 1)
-        ids, expect = [int(np.argmax(logits))], []
+
+    def eager(att_o_max: int, ids: list[int]) -> list[np.ndarray]:
+        gpu._att_o_max = att_o_max
+        cache, _ = _prefill(ad, prompt, 7 + steps + 1)
+        out = []
         for i in range(steps):
-            expect.append(ad.forward(np.array([ids[-1]]), 7 + i, cache_e))
-            ids.append(int(np.argmax(expect[-1])))
-        gpu.free_kv_cache(cache_e)
-        gpu._att_o_max = 12
+            out.append(ad.forward(np.array([ids[i]]), 7 + i, cache))
+            if len(ids) < steps:
+                ids.append(int(np.argmax(out[-1])))
+        gpu.free_kv_cache(cache)
+        return out
+
+    try:
+        cache0, first = _prefill(ad, prompt, 8)
+        gpu.free_kv_cache(cache0)
+        ids = [int(np.argmax(first))]
+        never = eager(0, ids)  # (fills ids: the never-fused greedy run)
         before = gpu.att_o_fused
+        same = eager(12, ids)
+        assert gpu.att_o_fused > before
         cache_g, _ = _prefill(ad, prompt, 7 + steps + 1)
         dec = ad.decoder(cache_g)
         got = [dec.logits(ids[i], 7 + i) for i in range(steps)]
         assert dec.graph is not None and dec.graph_short is not None and dec.fuse_max == 12
-        assert gpu.att_o_fused > before
         dec.close()
         gpu.free_kv_cache(cache_g)
     finally:
         gpu._att_o_max = saved
-    for i, (a, b) in enumerate(zip(got, expect, strict=True)):
+    # the reference: NumPy's forward pass over the same ids
+    _, nad = _load(tiny_models[arch], NumpyBackend())
+    ncache = nad.new_cache(7 + steps + 1)
+    nad.forward(prompt, 0, ncache)
+    ref = [nad.forward(np.array([ids[i]]), 7 + i, ncache) for i in range(steps)]
+    for i, (a, b, c, r) in enumerate(zip(got, same, never, ref, strict=True)):
         assert bits_equal(a, b), f"step at position {7 + i}"
+        # One int8 rounding of an activation landing on the other side costs these tiny random
+        # models ~7e-3 of their logits (CUDA against NumPy, never fused: up to 9.3e-3 on the
+        # H100); the fused step may do that once more, not be further off.
+        assert rel(a, r) < 2e-2, f"step at position {7 + i}: {rel(a, r):.2e} from NumPy"
+        assert rel(a, c) < 2e-2, f"step at position {7 + i}: {rel(a, c):.2e} from the never-fused step"
 
 
 def test_argmax_matches_numpy(gpu):

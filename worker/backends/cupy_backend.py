@@ -103,9 +103,10 @@ SCRATCH_ELEMS = 16 << 20
 ATT_THREADS = 128  # must match kernels.cu
 # Decode contexts of up to this many positions take attention and the output projection in
 # one launch (CupyBackend.attention_output); longer ones attn_decode and the product apart.
-# 0: never. The one launch computes the same bits but was measured slower on the H100 (the
-# Qwen-shape step 1,071 µs against 766, docs/PERFORMANCE.md), so it is off until that is fixed.
+# 0: never. Measured slower on the H100, so off: the Qwen-shape step took 866.9 µs against
+# 768.3 apart (the tensor-core version; docs/PERFORMANCE.md).
 ATT_O_MAX = 0
+ATT_O_DMAX = 128  # fmva_*'s largest head size (decode.cu's ATT_O_DMAX)
 FMV_THREADS, FMV_WARPS = 256, 8  # must match decode.cu
 # Dynamic shared memory of a fused product (the input row, padded, and its int8 copy): the
 # kernels opt in to this much (cudaFuncAttributeMaxDynamicSharedMemorySize); without the
@@ -1336,10 +1337,9 @@ class CupyBackend(Backend):
 
     @staticmethod
     def _att_scratch_bytes(n_head: int, n_kv: int, d: int, n_rot: int, tmax: int) -> int:
-        """fmva_*'s attention scratch (decode.cu's AttPro): Q, the new K and V, the scores, P.V's
-        parts, the output, RoPE's cos and sin."""
-        parts = ATT_THREADS // (d // 8)
-        return 4 * (n_head * d + 2 * n_kv * d + n_head * tmax + n_head * parts * d + n_head * d + 2 * (n_rot // 2))
+        """fmva_*'s attention scratch (decode.cu's AttPro): Q, the new K and V, the scores, the
+        float16 probabilities, the output, RoPE's cos and sin."""
+        return 4 * (n_head * d + 2 * n_kv * d + n_head * tmax + n_head * tmax // 2 + n_head * d + 2 * (n_rot // 2))
 
     @_device_op
     def attention_output(
@@ -1349,19 +1349,22 @@ class CupyBackend(Backend):
         """One launch (fmva_*: decode.cu's AttPro, then the O product + residual) while the
         context is short: at most att_o_max positions (a recorded step: the variant the decoder
         replays up to there, step.fuse_att). Otherwise, or for a shape it does not take,
-        attn_decode and fmv_*: the same bits either way."""
+        attn_decode and fmv_*: the same values within float32 rounding of the attention's sums."""
         step = self._step
         n, n_head, d = q.shape
         n_kv = k.shape[1]
         residual = self._f32(residual)
-        # the scratch's scores a head (rounded up to 4: the output after them stays 16-byte aligned)
-        tmax = -(-(min(self._att_o_max, step.max_positions) if step is not None else start + 1) // 4) * 4
+        # the scratch's scores a head, rounded up to 16: P.V's tensor-core steps take 16
+        # positions (the probabilities are zero-padded to there) and the output after stays
+        # 16-byte aligned
+        tmax = -(-(min(self._att_o_max, step.max_positions) if step is not None else start + 1) // 16) * 16
         fuse = (
             n == 1
             and (step.fuse_att if step is not None else start + 1 <= self._att_o_max)
-            and d % 8 == 0
+            and d % 16 == 0
+            and d <= ATT_O_DMAX
             and n_head % n_kv == 0
-            and n_head // n_kv <= 8
+            and n_head // n_kv <= 16  # a KV group's heads: the rows of one m16 tile
             and residual.shape == (1, getattr(wo, "n_out", -1))
             and self._fmv_fits(n_head * d, [wo])
         )
@@ -1624,8 +1627,10 @@ class GraphDecoder(Decoder):
 
     Where the backend's att_o_max allows (not as shipped: ATT_O_MAX), contexts of up to
     fuse_max positions replay a second recording of the step (graph_short), whose layers take
-    attention and the output projection in one launch (CupyBackend.attention_output); both
-    compute the same bits, so the switch between them at fuse_max is invisible but for speed.
+    attention and the output projection in one launch (CupyBackend.attention_output). The
+    two agree within float32 rounding of the attention's sums (tests/cuda), and an eager step
+    under the same att_o_max takes the same kernel at the same positions, so a job's tokens do
+    not depend on whether its steps replay or run eagerly.
 
     The attention kernels find the job's KV cache through kv_d (its K and V base addresses
     and capacity, in device memory), so a recorded step serves any cache of up to

@@ -19,8 +19,8 @@
 // norm weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
 // attention's loads ahead of pdl_wait of the cached K / V rows and its RoPE cos / sin
 // (attn_decode), 8 has the down projection stage its rows after pdl_wait; these compute the
-// same values. 9 and 10 stop fmva_*'s attention after RoPE / after the softmax (wrong values:
-// timing only).
+// same values. 9, 12 and 10 stop fmva_*'s attention after RoPE / the scores / the softmax (wrong
+// values: timing only).
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
 #endif
@@ -700,15 +700,15 @@ struct NoPro {
 // fmva_* kernels: attention and O + residual in one launch). Every block of the product
 // computes the whole attention for itself, so none waits for another: the work is repeated
 // over the grid (the host sends contexts of up to att_o_max positions here, longer ones to
-// attn_decode then fmv_*; as shipped none: one block doing every head measured slower than the
-// launch it saves, docs/PERFORMANCE.md). The arithmetic is attn_decode's,
-// operation for operation: each score is one thread's sequential sum over the columns, the
-// softmax's sum runs per attn_decode thread (vt = 0 .. ATT_THREADS - 1 over positions t0 + vt,
-// t0 + vt + ATT_THREADS, ...) and then across its warps in their order, and P.V keeps its R row
-// groups and their order; so the output is attn_decode's bit for bit (tests/cuda checks), and
-// a recorded step may switch between the two paths at any position. Block 0 writes the new K
-// and V rows to the cache; the others use their own copy of them (no block reads a row another
-// is writing). Scratch: dynamic shared memory after the product's ring, laid out at cs_off.
+// attn_decode then fmv_*). Q.K and P.V run on the tensor cores, a KV group's heads as the
+// rows of one m16 tile: the same float16 operands as attn_decode (Q and the probabilities
+// rounded, K and V from the cache), exact products, float32 sums in the tensor cores' order;
+// the softmax is attn_decode's. So the output is attn_decode's within float32 rounding of
+// its sums, not bit for bit (tests/cuda bounds the difference); the K / V rows written are
+// the same bits. Block 0 writes them to the cache; the others use their own copy (no block
+// reads a row another is writing). Scratch: dynamic shared memory after the product's ring,
+// laid out at cs_off. Host limits: d a multiple of 16 up to ATT_O_DMAX, gs <= 16.
+#define ATT_O_DMAX 128
 struct AttPro {
     static constexpr unsigned KIND = 11;  // FMV_TIMELINE: bench/timeline_summary.py's ATTN_O
     const float *q, *k, *v;
@@ -763,11 +763,10 @@ struct AttPro {
             }
         }
     }
-    // Scratch, in floats: qs [n_head d] | kn, vn [n_kv d each] | sc [n_head tmax] | P.V's
-    // parts [n_head R d] | the output [n_head d] | RoPE's cos, sin [n_rot / 2 each]
-    // (CupyBackend._att_scratch_bytes counts the same)
-    DEV int parts_r() const { return ATT_THREADS / (d >> 3); }
-    DEV int out_off() const { return n_head * d + 2 * n_kv * d + n_head * tmax + n_head * parts_r() * d; }
+    // Scratch, in floats: qs [n_head d] | kn, vn [n_kv d each] | sc [n_head tmax] | the
+    // probabilities, float16 [n_head tmax] | the output [n_head d] | RoPE's cos, sin [n_rot / 2
+    // each] (CupyBackend._att_scratch_bytes counts the same; tmax is a multiple of 16)
+    DEV int out_off() const { return n_head * d + 2 * n_kv * d + n_head * tmax + n_head * tmax / 2; }
     DEV int cs_off() const { return out_off() + n_head * d; }
 
     DEV const float* run(const float*) {
@@ -842,127 +841,113 @@ struct AttPro {
         if (blockIdx.x == 0)
             for (int c = tid; c < G * D; c += FMV_THREADS) vc[(i64)p * kv_stride + c] = f2h(v[c]);
         if (FMV_ABLATE == 9) return qs;  // (timing only: the output projection of Q)
-        // Scores: a task is a position and a share of a group's heads (all gs of them over one K
-        // row when there are positions enough to fill the block; each head's sum is sequential
-        // over the columns, as attn_decode's thread's), 64 columns' loads at a time.
-        const int nsplit = min(gs, max(1, FMV_THREADS / (G * n))), hc = (gs + nsplit - 1) / nsplit;
-        for (int j = tid; j < G * n * nsplit; j += FMV_THREADS) {
-            const int gsh = j / n, t = t0 + (j - gsh * n), g = gsh / nsplit, h0 = (gsh - g * nsplit) * hc;
-            const int nh = min(hc, gs - h0);
-            const float* qg = qs + (g * gs + h0) * D;
-            const uint4* kr = (const uint4*)(kc + t * kv_stride + (i64)g * D);
-            float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            for (int c0 = 0; c0 < D; c0 += 64) {
-                uint4 w[8];
-                if (t != p) {
+        // Scores on the tensor cores (kernels.cu's mma16816): a warp's task is one group's gs
+        // heads (A: their Q rows, rows past gs zero) against 8 positions (B: K rows, the cache's
+        // float16 or the new row from kn). Q and K are float16 values, so the products are exact
+        // and only the order of the float32 sum differs from attn_decode's.
+        const int g4 = lane >> 2, k2 = 2 * (lane & 3), nk = D >> 4;
+        const bool r0 = g4 < gs, r1 = g4 + 8 < gs;
+        u16* ps = (u16*)(sc + H * tmax);  // probabilities, float16, [H][tmax]
+        const int nt = (n + 7) >> 3;
+        for (int item = warp; item < G * nt; item += FMV_WARPS) {
+            const int g = item / nt, j = item - g * nt, t = t0 + 8 * j + g4;  // lane's B column
+            const u16* kr = kc + (i64)t * kv_stride + (i64)g * D + k2;
+            const float* kp = kn + g * D + k2;
+            u32 bf[ATT_O_DMAX / 16][2];
 #pragma unroll
-                    for (int u = 0; u < 8; ++u)
-                        if (c0 + 8 * u < D) w[u] = kr[(c0 >> 3) + u];
-                }
-#pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                    if (c0 + 8 * u >= D) break;
-                    float kv8[8];
-                    const u16* hv = (const u16*)&w[u];
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) kv8[e] = t == p ? kn[g * D + c0 + 8 * u + e] : h2f(hv[e]);
-#pragma unroll
-                    for (int hh = 0; hh < 8; ++hh) {
-                        if (hh < nh) {
-#pragma unroll
-                            for (int e = 0; e < 8; ++e)
-                                acc[hh] = fmaf(qg[hh * D + c0 + 8 * u + e], kv8[e], acc[hh]);
-                        }
-                    }
+            for (int kk = 0; kk < ATT_O_DMAX / 16; ++kk) {
+                if (kk >= nk) break;
+                if (t < p) {
+                    bf[kk][0] = *(const u32*)(kr + 16 * kk);
+                    bf[kk][1] = *(const u32*)(kr + 16 * kk + 8);
+                } else if (t == p) {
+                    bf[kk][0] = pack_h2(f2h(kp[16 * kk]), f2h(kp[16 * kk + 1]));
+                    bf[kk][1] = pack_h2(f2h(kp[16 * kk + 8]), f2h(kp[16 * kk + 9]));
+                } else {
+                    bf[kk][0] = bf[kk][1] = 0u;
                 }
             }
+            const float* q0 = qs + (g * gs + g4) * D + k2;
+            const float* q1 = q0 + 8 * D;
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int hh = 0; hh < 8; ++hh)
-                if (hh < nh) sc[(g * gs + h0 + hh) * tmax + (t - t0)] = __fmul_rn(acc[hh], scale);
+            for (int kk = 0; kk < ATT_O_DMAX / 16; ++kk) {
+                if (kk >= nk) break;
+                const u32 af[4] = {r0 ? pack_h2(f2h(q0[16 * kk]), f2h(q0[16 * kk + 1])) : 0u,
+                                   r1 ? pack_h2(f2h(q1[16 * kk]), f2h(q1[16 * kk + 1])) : 0u,
+                                   r0 ? pack_h2(f2h(q0[16 * kk + 8]), f2h(q0[16 * kk + 9])) : 0u,
+                                   r1 ? pack_h2(f2h(q1[16 * kk + 8]), f2h(q1[16 * kk + 9])) : 0u};
+                mma16816(c, af, bf[kk][0], bf[kk][1]);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int hh = g4 + 8 * (e >> 1), tt = 8 * j + k2 + (e & 1);
+                if (hh < gs && tt < n) sc[(g * gs + hh) * tmax + tt] = __fmul_rn(c[e], scale);
+            }
         }
         __syncthreads();
-        // Softmax, a warp per head; lane l stands for attn_decode's threads l, l + 32, l + 64, l + 96.
-        static_assert(ATT_THREADS == 128, "AttPro stands for attn_decode's 4 warps");
+        if (FMV_ABLATE == 12) return qs;
+        // Softmax, a warp per head, attn_decode's arithmetic (max, expf(s - max) summed in
+        // double, p = f16(e / total)); the probabilities are zero-padded to 16 positions for P.V.
+        const int n16 = (n + 15) & ~15;  // <= tmax (a multiple of 16: the host rounds it)
         for (int h = warp; h < H; h += FMV_WARPS) {
             float* sh = sc + h * tmax;
+            u16* ph = ps + h * tmax;
             float m = __int_as_float(0xff800000);  // -inf
             for (int i = lane; i < n; i += 32) m = fmaxf(m, sh[i]);
             m = warp_max(m);
             const float sink = sinks != nullptr ? sinks[h] : 0.f;
             if (sinks != nullptr) m = fmaxf(m, sink);
-            double part[4] = {0.0, 0.0, 0.0, 0.0};
-#pragma unroll
-            for (int vw = 0; vw < 4; ++vw) {
-                for (int i = lane + 32 * vw; i < n; i += ATT_THREADS) {
-                    const float e = expf(__fsub_rn(sh[i], m));
-                    sh[i] = e;
-                    part[vw] += (double)e;
-                }
+            double part = 0.0;
+            for (int i = lane; i < n; i += 32) {
+                const float e = expf(__fsub_rn(sh[i], m));
+                sh[i] = e;
+                part += (double)e;
             }
-            double total = warp_sum_d(part[0]);
-            total += warp_sum_d(part[1]);
-            total += warp_sum_d(part[2]);
-            total += warp_sum_d(part[3]);
+            double total = warp_sum_d(part);
             if (sinks != nullptr) total += (double)expf(__fsub_rn(sink, m));
             const float inv = (float)(1.0 / total);
-            for (int i = lane; i < n; i += 32) sh[i] = round_f16(__fmul_rn(sh[i], inv));
+            for (int i = lane; i < n16; i += 32) ph[i] = i < n ? f2h(__fmul_rn(sh[i], inv)) : (u16)0;
         }
         __syncthreads();
         if (FMV_ABLATE == 10) return qs;
-        // P.V: a task is (group, row group rg, 8 columns cg), the group's gs heads at once over
-        // one 16-byte load of a V row; rows t0 + rg, t0 + rg + R, ... in order, as attn_decode.
-        const int tpr = D >> 3, R = parts_r();
-        float* parts = sc + H * tmax;
-        for (int j = tid; j < G * R * tpr; j += FMV_THREADS) {
-            const int g = j / (R * tpr), rg = (j / tpr) % R, cg = j % tpr;
-            float acc[8][8];
+        // P.V on the tensor cores: a warp's task is one group's gs heads (A: their
+        // probabilities) against 8 columns of V (B: 16 positions a step, two halves from
+        // rows t and t + 1 in a register; positions past p zero, the new row from vn).
+        // Four steps' loads are issued before their products.
+        const int nd = D >> 3, ns = n16 >> 4;
+        for (int item = warp; item < G * nd; item += FMV_WARPS) {
+            const int g = item / nd, jd = item - g * nd, col = 8 * jd + g4;  // lane's B column
+            const u16* vcol = vc + (i64)g * D + col;
+            const u16 vnew = f2h(vn[g * D + col]);
+            const u16* p0 = ps + (g * gs + g4) * tmax + k2;
+            const u16* p1 = p0 + 8 * tmax;
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int s0 = 0; s0 < ns; s0 += 4) {
+                u16 vv[4][4];
 #pragma unroll
-            for (int hh = 0; hh < 8; ++hh)
+                for (int u = 0; u < 4; ++u) {
 #pragma unroll
-                for (int e = 0; e < 8; ++e) acc[hh][e] = 0.f;
-            const u16* vr = vc + (i64)g * D + 8 * cg;
-            auto row = [&](int t, const uint4& w) {
-                float vv[8];
-                const u16* hv = (const u16*)&w;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) vv[e] = t == p ? vn[g * D + 8 * cg + e] : h2f(hv[e]);
-#pragma unroll
-                for (int hh = 0; hh < 8; ++hh) {
-                    if (hh < gs) {
-                        const float pr = sc[(g * gs + hh) * tmax + (t - t0)];
-#pragma unroll
-                        for (int e = 0; e < 8; ++e) acc[hh][e] = fmaf(pr, vv[e], acc[hh][e]);
+                    for (int e = 0; e < 4; ++e) {
+                        const int t = t0 + 16 * (s0 + u) + k2 + (e & 1) + 8 * (e >> 1);
+                        vv[u][e] = t < p ? vcol[(i64)t * kv_stride] : t == p ? vnew : (u16)0;
                     }
                 }
-            };
-            int t = t0 + rg;
-            for (; t + 3 * R < T; t += 4 * R) {  // four rows' loads before their products
-                uint4 w[4];
 #pragma unroll
-                for (int u = 0; u < 4; ++u)
-                    if (t + u * R != p) w[u] = *(const uint4*)(vr + (i64)(t + u * R) * kv_stride);
-#pragma unroll
-                for (int u = 0; u < 4; ++u) row(t + u * R, w[u]);
-            }
-            for (; t < T; t += R) {
-                uint4 w = make_uint4(0u, 0u, 0u, 0u);
-                if (t != p) w = *(const uint4*)(vr + (i64)t * kv_stride);
-                row(t, w);
-            }
-#pragma unroll
-            for (int hh = 0; hh < 8; ++hh) {
-                if (hh < gs) {
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) parts[((g * gs + hh) * R + rg) * D + 8 * cg + e] = acc[hh][e];
+                for (int u = 0; u < 4; ++u) {
+                    const int st = s0 + u;
+                    if (st >= ns) break;
+                    const u32 af[4] = {r0 ? *(const u32*)(p0 + 16 * st) : 0u, r1 ? *(const u32*)(p1 + 16 * st) : 0u,
+                                       r0 ? *(const u32*)(p0 + 16 * st + 8) : 0u,
+                                       r1 ? *(const u32*)(p1 + 16 * st + 8) : 0u};
+                    mma16816(c, af, pack_h2(vv[u][0], vv[u][1]), pack_h2(vv[u][2], vv[u][3]));
                 }
             }
-        }
-        __syncthreads();
-        for (int i = tid; i < H * D; i += FMV_THREADS) {
-            const int h = i / D, c = i - h * D;
-            float r = parts[h * R * D + c];
-            for (int g = 1; g < R; ++g) r += parts[(h * R + g) * D + c];
-            out[i] = r;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int hh = g4 + 8 * (e >> 1);
+                if (hh < gs) out[(g * gs + hh) * D + 8 * jd + k2 + (e & 1)] = c[e];
+            }
         }
         __syncthreads();
         return out;
