@@ -13,7 +13,7 @@ step; "no K/V or cos/sin ahead" (6) has attention load the cached rows and RoPE'
 after pdl_wait; "norm weights staged in sync" (5) loads the products' norm weights with
 plain loads, not cp.async; "down rounds its input" has every down block round gate/up's
 output itself (no round_output); "attention with O" launches attention and the output
-projection as one kernel (fmva_*) up to 256 positions (cupy_backend.ATT_O_MAX, 0 as shipped),
+projection as one kernel (fmva_*) up to 128 positions (cupy_backend.ATT_O_MAX, 0 as shipped),
 "fused: RoPE only" (9), "fused: scores only" (12) and "fused: no P.V" (10) the same kernel
 stopped early (wrong values, timing only; the rows attention+o@64 and @250 time it per
 layer at those contexts), "fused: no K/V ahead" (6) without its rows ahead of the wait; "down stages
@@ -74,11 +74,11 @@ VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] =
     "down stages after the wait": (8, True, B, (4, 4), {}),
     "no rope table": (0, True, B, (4, 4), {"_rope_tables": False}),
     "down rounds its input": (0, True, B, (4, 4), {"_round_once": False}),
-    "attention with O": (0, True, B, (4, 4), {"_att_o_max": 256}),
-    "fused: RoPE only": (9, True, B, (4, 4), {"_att_o_max": 256}),
-    "fused: no P.V": (10, True, B, (4, 4), {"_att_o_max": 256}),
-    "fused: scores only": (12, True, B, (4, 4), {"_att_o_max": 256}),
-    "fused: no K/V ahead": (6, True, B, (4, 4), {"_att_o_max": 256}),
+    "attention with O": (0, True, B, (4, 4), {"_att_o_max": 128}),
+    "fused: RoPE only": (9, True, B, (4, 4), {"_att_o_max": 128}),
+    "fused: no P.V": (10, True, B, (4, 4), {"_att_o_max": 128}),
+    "fused: scores only": (12, True, B, (4, 4), {"_att_o_max": 128}),
+    "fused: no K/V ahead": (6, True, B, (4, 4), {"_att_o_max": 128}),
 }
 # label -> {product: blocks per multiprocessor} for single products (the rest as shipped)
 PER_PRODUCT = {
@@ -174,7 +174,7 @@ def main() -> int:
         "attention+o@64": lambda: [
             be.attention_output(q, kv, kv, att_cache, i, 64, cfg, ly.wo, x) for i, ly in enumerate(L)
         ],
-        # (at 250 positions: still fused under the variants' att_o_max of 256)
+        # (at 250 positions: past the variants' att_o_max of 128, so attention and O apart)
         "attention+o@250": lambda: [
             be.attention_output(q, kv, kv, att_cache, i, 249, cfg, ly.wo, x) for i, ly in enumerate(L)
         ],

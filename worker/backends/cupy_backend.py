@@ -1338,8 +1338,10 @@ class CupyBackend(Backend):
     @staticmethod
     def _att_scratch_bytes(n_head: int, n_kv: int, d: int, n_rot: int, tmax: int) -> int:
         """fmva_*'s attention scratch (decode.cu's AttPro): Q, the new K and V, the scores, the
-        float16 probabilities, the output, RoPE's cos and sin."""
-        return 4 * (n_head * d + 2 * n_kv * d + n_head * tmax + n_head * tmax // 2 + n_head * d + 2 * (n_rot // 2))
+        float16 probabilities, the output, RoPE's cos and sin, then (16-byte aligned) the
+        cached K and V rows, float16, tmax rows of n_kv d + 8 each."""
+        floats = n_head * d + 2 * n_kv * d + n_head * tmax + n_head * tmax // 2 + n_head * d + 2 * (n_rot // 2)
+        return 4 * (-(-floats // 4) * 4) + 4 * tmax * (n_kv * d + 8)
 
     @_device_op
     def attention_output(

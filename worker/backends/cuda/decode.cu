@@ -729,8 +729,8 @@ struct AttPro {
     int p, t0;
 
     // Before pdl_wait: nothing an earlier kernel of the step writes. The cache's place, the
-    // position, RoPE's cos and sin (into the scratch's cs), the cached rows t0 .. p - 1 of K and
-    // V into L1 (as attn_decode; complete before the step began).
+    // position, RoPE's cos and sin (into the scratch's cs), the copies of the cached rows t0 ..
+    // p - 1 of K and V into shared memory (complete before the step began).
     DEV void ahead() {
         if (kv != nullptr) layer_cache(kv, layer, n_kv, d, &kc, &vc);
         p = pos != nullptr ? pos[0] : start;
@@ -751,23 +751,34 @@ struct AttPro {
                 cs[half + j] = s;
             }
         }
-        if (FMV_ABLATE != 6 && (d & 63) == 0) {
-            const i64 kv_stride = (i64)n_kv * d;
-            const int ls = __ffs(d >> 6) - 1;  // log2 of the 128-byte lines a row of halves spans
-            const int per_row = n_kv << ls;
-            for (int j = tid; j < (p - t0) * per_row; j += FMV_THREADS) {
-                const int r = j / per_row, w = j - r * per_row;
-                const i64 off = (i64)(t0 + r) * kv_stride + 64 * (i64)w;
-                asm volatile("prefetch.global.L1 [%0];" ::"l"(kc + off));
-                asm volatile("prefetch.global.L1 [%0];" ::"l"(vc + off));
-            }
+        if (FMV_ABLATE != 6) stage_kv();
+    }
+    // The cached rows t0 .. p - 1 of K and V, every group, into the scratch's ks / vs (rows of
+    // n_kv d + 8 halves: the fragment loads below fall on distinct banks) with cp.async, one
+    // commit group; run() waits for it. (The fmv ring's groups were committed before; its
+    // waits count the most recent groups, so this extra one can only make them stricter:
+    // nothing for the output projection, whose blocks take one round of rows.)
+    DEV void stage_kv() {
+        const int nc = (n_kv * d) >> 3, sp = n_kv * d + 8;  // 16-byte chunks a row; row stride
+        const i64 kv_stride = (i64)n_kv * d;
+        u16* ks = (u16*)(scratch + stage_off());
+        u16* vs = ks + tmax * sp;
+        const int rows = min(p - t0, tmax);  // (more: run() traps, the host picks the path)
+        for (int j = threadIdx.x; j < rows * nc; j += FMV_THREADS) {
+            const int r = j / nc, c = j - r * nc;
+            const i64 src = (i64)(t0 + r) * kv_stride + 8 * c;
+            cp_async16((u8*)(ks + r * sp + 8 * c), (const u8*)(kc + src));
+            cp_async16((u8*)(vs + r * sp + 8 * c), (const u8*)(vc + src));
         }
+        cp_async_commit();
     }
     // Scratch, in floats: qs [n_head d] | kn, vn [n_kv d each] | sc [n_head tmax] | the
     // probabilities, float16 [n_head tmax] | the output [n_head d] | RoPE's cos, sin [n_rot / 2
-    // each] (CupyBackend._att_scratch_bytes counts the same; tmax is a multiple of 16)
+    // each] | (16-byte aligned) the staged K and V rows, float16 [tmax][n_kv d + 8] each
+    // (CupyBackend._att_scratch_bytes counts the same; tmax is a multiple of 16)
     DEV int out_off() const { return n_head * d + 2 * n_kv * d + n_head * tmax + n_head * tmax / 2; }
     DEV int cs_off() const { return out_off() + n_head * d; }
+    DEV int stage_off() const { return (cs_off() + n_rot + 3) & ~3; }
 
     DEV const float* run(const float*) {
         const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -781,7 +792,9 @@ struct AttPro {
         float* sc = vn + G * D;
         float* out = scratch + out_off();
         const float* cs = scratch + cs_off();
-        __syncthreads();  // ahead()'s cos and sin, seen by every thread
+        if (FMV_ABLATE == 6) stage_kv();  // (timing only: the rows copied after the wait)
+        cp_async_wait(0);  // this thread's K / V copies have landed (and the ring's first rounds)
+        __syncthreads();   // ahead()'s cos and sin and every thread's copies, seen by all
         // Q and the new K, V in one pass: a task is a RoPE pair of one row (or a column past
         // n_rot), read from the QKV product's output, rotated, rounded (Q: scaled first, to
         // float16; K: to its cache's float16) and, K / V by block 0, written to the cache.
@@ -845,13 +858,15 @@ struct AttPro {
         // heads (A: their Q rows, rows past gs zero) against 8 positions (B: K rows, the cache's
         // float16 or the new row from kn). Q and K are float16 values, so the products are exact
         // and only the order of the float32 sum differs from attn_decode's.
-        const int g4 = lane >> 2, k2 = 2 * (lane & 3), nk = D >> 4;
+        const int g4 = lane >> 2, k2 = 2 * (lane & 3), nk = D >> 4, sp = G * D + 8;
+        const u16* ks = (const u16*)(scratch + stage_off());  // stage_kv's rows t0 .. p - 1
+        const u16* vs = ks + tmax * sp;
         const bool r0 = g4 < gs, r1 = g4 + 8 < gs;
         u16* ps = (u16*)(sc + H * tmax);  // probabilities, float16, [H][tmax]
         const int nt = (n + 7) >> 3;
         for (int item = warp; item < G * nt; item += FMV_WARPS) {
             const int g = item / nt, j = item - g * nt, t = t0 + 8 * j + g4;  // lane's B column
-            const u16* kr = kc + (i64)t * kv_stride + (i64)g * D + k2;
+            const u16* kr = ks + (t - t0) * sp + g * D + k2;
             const float* kp = kn + g * D + k2;
             u32 bf[ATT_O_DMAX / 16][2];
 #pragma unroll
@@ -918,7 +933,7 @@ struct AttPro {
         const int nd = D >> 3, ns = n16 >> 4;
         for (int item = warp; item < G * nd; item += FMV_WARPS) {
             const int g = item / nd, jd = item - g * nd, col = 8 * jd + g4;  // lane's B column
-            const u16* vcol = vc + (i64)g * D + col;
+            const u16* vcol = vs + g * D + col;
             const u16 vnew = f2h(vn[g * D + col]);
             const u16* p0 = ps + (g * gs + g4) * tmax + k2;
             const u16* p1 = p0 + 8 * tmax;
@@ -930,7 +945,7 @@ struct AttPro {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const int t = t0 + 16 * (s0 + u) + k2 + (e & 1) + 8 * (e >> 1);
-                        vv[u][e] = t < p ? vcol[(i64)t * kv_stride] : t == p ? vnew : (u16)0;
+                        vv[u][e] = t < p ? vcol[(t - t0) * sp] : t == p ? vnew : (u16)0;
                     }
                 }
 #pragma unroll
