@@ -855,9 +855,9 @@ struct AttPro {
             for (int c = tid; c < G * D; c += FMV_THREADS) vc[(i64)p * kv_stride + c] = f2h(v[c]);
         if (FMV_ABLATE == 9) return qs;  // (timing only: the output projection of Q)
         // Scores on the tensor cores (kernels.cu's mma16816): a warp's task is one group's gs
-        // heads (A: their Q rows, rows past gs zero) against 8 positions (B: K rows, the cache's
-        // float16 or the new row from kn). Q and K are float16 values, so the products are exact
-        // and only the order of the float32 sum differs from attn_decode's.
+        // heads (A: their Q rows, rows past gs zero) against 8 positions (B: K rows as staged
+        // from the cache, or the new row from kn). Q and K are float16 values, so the products
+        // are exact and only the order of the float32 sum differs from attn_decode's.
         const int g4 = lane >> 2, k2 = 2 * (lane & 3), nk = D >> 4, sp = G * D + 8;
         const u16* ks = (const u16*)(scratch + stage_off());  // stage_kv's rows t0 .. p - 1
         const u16* vs = ks + tmax * sp;
