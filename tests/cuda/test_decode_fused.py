@@ -252,7 +252,8 @@ def test_attention_output_fused_matches_apart(gpu, tiny_models, arch, q_scale, t
 def test_graph_decoder_short_context_variant(gpu, tiny_models, arch):
     """A decoder with fuse_max 12 replays graph_short (fmva_*) up to position 11 and the
     general graph after: its logits must be bit for bit those of eager steps under the same
-    setting, and within float32 rounding of steps that never fuse."""
+    setting, and no further from steps that never fuse, and from NumPy, than an int8 rounding
+    flip of an activation takes them."""
     cfg, ad = _load(tiny_models[arch], gpu)
     prompt = np.random.default_rng(8).integers(0, cfg.vocab_size, 7)
     steps, saved = 14, gpu._att_o_max
