@@ -209,7 +209,7 @@ def test_attention_output_fused_matches_apart(gpu, tiny_models, arch, q_scale, t
     O product's input may then round to another int8 in rare places); the K / V rows written
     are the same bits."""
     if arch in REAL_HEADS:
-        # (120 positions, not 200: a block's shared memory holds the staged K / V rows of at
+        # (121 positions, not 201: a block's shared memory holds the staged K / V rows of at
         # most ~128 positions of these heads, and past that the host runs the two apart)
         nh, nkv, d = REAL_HEADS[arch]
         base, _ = _load(tiny_models["qwen25-shape"], NumpyBackend())
@@ -230,7 +230,7 @@ def test_attention_output_fused_matches_apart(gpu, tiny_models, arch, q_scale, t
     step = [cp.asarray(rng.standard_normal((1, h, d), dtype=np.float32)) for h in (nh, nkv, nkv)]
     resid = cp.asarray(rng.standard_normal((1, wo.n_out), dtype=np.float32))
     before, saved = gpu.att_o_fused, gpu._att_o_max
-    gpu._att_o_max = 256  # (off as shipped: see cupy_backend.ATT_O_MAX)
+    gpu._att_o_max = start + 1  # (off as shipped: see cupy_backend.ATT_O_MAX)
     try:
         fused = gpu.attention_output(*step, caches[0], 0, start, cfg, wo, resid, q_scale=q_scale)
     finally:

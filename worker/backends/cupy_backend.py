@@ -1356,10 +1356,11 @@ class CupyBackend(Backend):
         n, n_head, d = q.shape
         n_kv = k.shape[1]
         residual = self._f32(residual)
-        # the scratch's scores a head, rounded up to 16: P.V's tensor-core steps take 16
-        # positions (the probabilities are zero-padded to there) and the output after stays
-        # 16-byte aligned
-        tmax = -(-(min(self._att_o_max, step.max_positions) if step is not None else start + 1) // 16) * 16
+        # the scratch's positions a head, rounded up to 16 (P.V's tensor-core steps take 16;
+        # the output after stays 16-byte aligned). Sized by att_o_max alone, not by this
+        # step's position: whether the scratch fits then does not depend on it, so an eager
+        # step and the recorded one (graph_short) take the same path.
+        tmax = -(-self._att_o_max // 16) * 16
         fuse = (
             n == 1
             and (step.fuse_att if step is not None else start + 1 <= self._att_o_max)
@@ -1370,15 +1371,12 @@ class CupyBackend(Backend):
             and residual.shape == (1, getattr(wo, "n_out", -1))
             and self._fmv_fits(n_head * d, [wo])
         )
-        setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, None, None, 0) if fuse else None
-        plan = None
-        if setup is not None:
-            k_in = n_head * d
-            plan = self._plan(k_in, 1, [(wo.raw, wo.row_bytes, wo.type_id, wo.n_out)], wo.n_out)
-            smem = plan.smem + self._att_scratch_bytes(n_head, n_kv, d, cfg.rope_dim, tmax) if plan else 0
-            if plan is None or smem > self._fmv_smem_max:
-                plan = None
-        if plan is None:
+        plan = self._plan(n_head * d, 1, [(wo.raw, wo.row_bytes, wo.type_id, wo.n_out)], wo.n_out) if fuse else None
+        smem = plan.smem + self._att_scratch_bytes(n_head, n_kv, d, cfg.rope_dim, tmax) if plan else 0
+        setup = None
+        if plan is not None and smem <= self._fmv_smem_max:
+            setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, None, None, 0)
+        if setup is None:
             attn = self.rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale)
             return self.linear_add(attn, wo, residual, bias)
         self._rounded = None
