@@ -14,6 +14,10 @@ after pdl_wait; "norm weights staged in sync" (5) loads the products' norm weigh
 plain loads, not cp.async; "down rounds its input" has every down block round gate/up's
 output itself (no round_output); "attention with O" launches attention and the output
 projection as one kernel (fmva_*) up to 128 positions (cupy_backend.ATT_O_MAX, 0 as shipped),
+"O by clusters" as attn_out_* (a cluster of a block a head per chunk of O's rows) up to 1,024
+positions, ": N chunks" with N clusters instead of one per n_head multiprocessors, "apart"
+attn_decode and fmv_* at every position, ": early trigger" (14) lets the next kernel start at its
+start rather than after its attention,
 "fused: RoPE only" (9), "fused: scores only" (12) and "fused: no P.V" (10) the same kernel
 stopped early (wrong values, timing only; the rows attention+o@64 and @250 time it per
 layer at those contexts), "fused: no K/V ahead" (6) without its rows ahead of the wait; "down stages
@@ -55,6 +59,8 @@ SWITCHES: dict[str, object] = {
     "_rope_tables": True,
     "_round_once": True,
     "_att_o_max": cb.ATT_O_MAX,
+    "_att_o_cluster": True,
+    "_att_o_chunks": 0,
 }
 VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] = {
     "as shipped": (0, True, B, (4, 4), {}),
@@ -74,11 +80,17 @@ VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] =
     "down stages after the wait": (8, True, B, (4, 4), {}),
     "no rope table": (0, True, B, (4, 4), {"_rope_tables": False}),
     "down rounds its input": (0, True, B, (4, 4), {"_round_once": False}),
-    "attention with O": (0, True, B, (4, 4), {"_att_o_max": 128}),
-    "fused: RoPE only": (9, True, B, (4, 4), {"_att_o_max": 128}),
-    "fused: no P.V": (10, True, B, (4, 4), {"_att_o_max": 128}),
-    "fused: scores only": (12, True, B, (4, 4), {"_att_o_max": 128}),
-    "fused: no K/V ahead": (6, True, B, (4, 4), {"_att_o_max": 128}),
+    "attention with O": (0, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
+    "fused: RoPE only": (9, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
+    "fused: no P.V": (10, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
+    "fused: scores only": (12, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
+    "fused: no K/V ahead": (6, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
+    "apart": (0, True, B, (4, 4), {"_att_o_max": 0}),
+    "O by clusters": (0, True, B, (4, 4), {"_att_o_max": 1024}),
+    "O by clusters: 4 chunks": (0, True, B, (4, 4), {"_att_o_max": 1024, "_att_o_chunks": 4}),
+    "O by clusters: 2 chunks": (0, True, B, (4, 4), {"_att_o_max": 1024, "_att_o_chunks": 2}),
+    "O by clusters: no K/V ahead": (6, True, B, (4, 4), {"_att_o_max": 1024}),
+    "O by clusters: early trigger": (14, True, B, (4, 4), {"_att_o_max": 1024}),
 }
 # label -> {product: blocks per multiprocessor} for single products (the rest as shipped)
 PER_PRODUCT = {
@@ -174,7 +186,7 @@ def main() -> int:
         "attention+o@64": lambda: [
             be.attention_output(q, kv, kv, att_cache, i, 64, cfg, ly.wo, x) for i, ly in enumerate(L)
         ],
-        # (at 250 positions: past the variants' att_o_max of 128, so attention and O apart)
+        # (at 250 positions: past the fmva variants' att_o_max of 128, so attention and O apart there)
         "attention+o@250": lambda: [
             be.attention_output(q, kv, kv, att_cache, i, 249, cfg, ly.wo, x) for i, ly in enumerate(L)
         ],

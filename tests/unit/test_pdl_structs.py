@@ -26,6 +26,14 @@ def test_launch_attribute_layout():
     assert raw[:4] == (6).to_bytes(4, "little") and raw[8:12] == (1).to_bytes(4, "little")
 
 
+def test_cluster_attribute_layout():
+    a = pdl.cluster_attribute(14)
+    assert a.id == 4  # CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION in cuda.h
+    raw = ctypes.string_at(ctypes.addressof(a), ctypes.sizeof(a))
+    # CUlaunchAttributeValue.clusterDim: three unsigned ints (x, y, z) at the union's start
+    assert raw[8:20] == b"".join(v.to_bytes(4, "little") for v in (14, 1, 1))
+
+
 def test_launch_config_layout():
     c = pdl.CUlaunchConfig
     assert [c.gridDimX.offset, c.blockDimX.offset, c.sharedMemBytes.offset] == [0, 12, 24]

@@ -102,11 +102,17 @@ INT_DOT_TYPES = frozenset({2, 3, 6, 7, 8, 12, 14, 39})
 SCRATCH_ELEMS = 16 << 20
 ATT_THREADS = 128  # must match kernels.cu
 # Decode contexts of up to this many positions take attention and the output projection in
-# one launch (CupyBackend.attention_output); longer ones attn_decode and the product apart.
-# 0: never. Measured slower on the H100, so off: the Qwen-shape step took 866.9 µs against
-# 768.3 apart (the tensor-core version; docs/PERFORMANCE.md).
-ATT_O_MAX = 0
+# one launch (CupyBackend.attention_output: attn_out_*, clusters of a block a head); longer
+# ones attn_decode and the product apart. 0: never.
+ATT_O_MAX = 1024
 ATT_O_DMAX = 128  # fmva_*'s largest head size (decode.cu's ATT_O_DMAX)
+# output projections attn_out_* takes: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element input blocks)
+ATT_O_CLUSTER_TYPES = frozenset({2, 3, 6, 7, 8})
+# attn_out_*'s clusters (chunks of O's rows): each repeats the attention, so fewer cost less
+# attention and more rows a block. 4 measured best or near it on the H100 (whole step, µs:
+# Qwen-shape 733 against 731 for 9 and 749 for 2; SmolLM2-shape 603 against 638 for 14 and
+# 598 for 2; docs/PERFORMANCE.md).
+ATT_O_CHUNKS = 4
 FMV_THREADS, FMV_WARPS = 256, 8  # must match decode.cu
 # Dynamic shared memory of a fused product (the input row, padded, and its int8 copy): the
 # kernels opt in to this much (cudaFuncAttributeMaxDynamicSharedMemorySize); without the
@@ -373,6 +379,10 @@ class CupyBackend(Backend):
         # every block repeats the attention for itself); 0: never (ATT_O_MAX; an A/B switch
         # for bench/gpu_decode_ablation.py)
         self._att_o_max = int(os.environ.get("WORKER_CUDA_ATT_O_MAX", str(ATT_O_MAX)))
+        # ... by clusters of blocks, a block a head (attn_out_*), rather than fmva_*; and the row
+        # chunks (clusters) that takes, 0: ATT_O_CHUNKS
+        self._att_o_cluster = os.environ.get("WORKER_CUDA_ATT_O_CLUSTER", "1") != "0"
+        self._att_o_chunks = 0
         self._round_once = os.environ.get("WORKER_CUDA_ROUND_ONCE", "1") != "0"  # an A/B switch
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
@@ -417,9 +427,13 @@ class CupyBackend(Backend):
             # decode kernels launched with programmatic dependent launch (sm_90; pdl.py), unless
             # WORKER_CUDA_PDL=0 (an A/B switch for bench/gpu_decode_ablation.py)
             self._pdl: PdlLauncher | None = None
-            if int(props.get("major", 0)) >= 9 and os.environ.get("WORKER_CUDA_PDL", "1") != "0":
+            # cluster launches (attention_output's attn_out_*), with or without the attribute
+            self._ex: PdlLauncher | None = None
+            if int(props.get("major", 0)) >= 9:
                 try:
-                    self._pdl = PdlLauncher()
+                    self._ex = PdlLauncher(programmatic=False)
+                    if os.environ.get("WORKER_CUDA_PDL", "1") != "0":
+                        self._pdl = PdlLauncher()
                 except (OSError, AttributeError) as exc:  # no libcuda symbol: plain launches
                     log.warning("programmatic dependent launch unavailable: %s", exc)
             self._gelu_table = cp.asarray(_gelu_f16_table())  # 256 KiB, for gelu()
@@ -429,7 +443,7 @@ class CupyBackend(Backend):
         f = self._functions.get(name)
         if f is None:
             f = self._module.get_function(name)
-            if name.startswith(("fmv_", "fmva_", "act_split_")) and self._fmv_smem_max > FMV_SMEM_DEFAULT:
+            if name.startswith(("fmv_", "fmva_", "act_split_", "attn_out_")) and self._fmv_smem_max > FMV_SMEM_DEFAULT:
                 f.max_dynamic_shared_size_bytes = self._fmv_smem_max
             self._functions[name] = f
         return f
@@ -1356,14 +1370,19 @@ class CupyBackend(Backend):
         n, n_head, d = q.shape
         n_kv = k.shape[1]
         residual = self._f32(residual)
+        short = n == 1 and (step.fuse_att if step is not None else start + 1 <= self._att_o_max)
+        if short and self._att_o_cluster:
+            y = self._attention_output_cluster(q, k, v, cache, layer, start, cfg, wo, residual, q_scale, bias)
+            if y is not None:
+                return y
         # the scratch's positions a head, rounded up to 16 (P.V's tensor-core steps take 16;
         # the output after stays 16-byte aligned). Sized by att_o_max alone, not by this
         # step's position: whether the scratch fits then does not depend on it, so an eager
         # step and the recorded one (graph_short) take the same path.
         tmax = -(-self._att_o_max // 16) * 16
         fuse = (
-            n == 1
-            and (step.fuse_att if step is not None else start + 1 <= self._att_o_max)
+            short
+            and not self._att_o_cluster
             and d % 16 == 0
             and d <= ATT_O_DMAX
             and n_head % n_kv == 0
@@ -1390,6 +1409,53 @@ class CupyBackend(Backend):
             np.int32(wo.n_out), b, y, residual, *qkv, *rest, np.int32(tmax),
         )  # fmt: skip
         self._launch_dep("fmva_" + wo.act_type, plan.grid, FMV_THREADS, args, smem)
+        return y
+
+    def _attention_output_cluster(
+        self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig, wo: Any,
+        residual: Any, q_scale: float | None, bias: Any | None,
+    ) -> Any | None:
+        """attn_out_* (decode.cu): a cluster of n_head blocks per chunk of O's rows, a block a
+        head. None where it does not apply (no sm_90 launcher, more than 16 heads, a head size
+        not a multiple of 32 or over 256, an output projection without 32-element input blocks),
+        for attention_output to take another path."""
+        n_head, d = q.shape[1], q.shape[2]
+        launcher = self._pdl if self._pdl is not None else self._ex
+        if (launcher is None or n_head > 16 or d % 32 or d > 256 or n_head % k.shape[1]
+                or getattr(wo, "act_type", "") not in ("q8_0", "q8_1") or wo.type_id not in ATT_O_CLUSTER_TYPES
+                or wo.n_in != n_head * d or residual.shape != (1, wo.n_out)):  # fmt: skip
+            return None
+        setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, None, None, 0)
+        if setup is None:
+            return None
+        chunks = self._att_o_chunks or ATT_O_CHUNKS
+        rpc = -(-wo.n_out // chunks)
+        chunks = -(-wo.n_out // rpc)
+        # scores for att_o_max positions (not this step's: an eager step and the recorded one
+        # then launch alike), the partial sums a block receives, the chunk's rows' units staged
+        # in odd 16-byte granule counts (decode.cu's stride)
+        smax = -(-self._att_o_max // 4) * 4
+        unit = get_format(wo.type_id).type_size
+        stride = 16 * (((d // 32 * unit + 30) // 16) | 1)
+        inbox = n_head * -(-rpc // n_head)  # decode.cu's C * per partial sums
+        smem = 4 * smax + 4 * (-(-inbox // 4) * 4) + rpc * stride
+        if smem > self._fmv_smem_max:
+            return None
+        qkv, rest = setup
+        y = cp.empty((1, wo.n_out), dtype=cp.float32)
+        b = NULL if bias is None else self._bias(bias)
+        args = (*qkv, *rest, wo.raw, np.int64(wo.row_bytes), np.int32(wo.type_id), np.int32(wo.n_out),
+                np.int32(rpc), b, y, residual, np.int32(smax))  # fmt: skip
+        f = self._fn("attn_out_" + wo.act_type)
+        try:
+            launcher(getattr(f, "kernel", f).ptr, n_head, ATT_THREADS, args, smem, cp.cuda.get_current_stream().ptr,
+                     chunks, cluster=n_head)  # fmt: skip
+        except RuntimeError as exc:  # a driver that refuses the cluster: the other paths from now on
+            log.warning("attention and O by clusters unavailable, taking them apart: %s", exc)
+            self._att_o_cluster = False
+            return None
+        self._rounded = None
+        self.att_o_fused += 1
         return y
 
     @_device_op

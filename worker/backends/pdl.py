@@ -21,12 +21,18 @@ from typing import Any
 
 import numpy as np
 
-CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # cuda.h, CUlaunchAttributeID
+CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4  # cuda.h, CUlaunchAttributeID
+CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # cuda.h, CUfunction_attribute
 
 
 class CUlaunchAttributeValue(ctypes.Union):
-    # 64 bytes; of its members only the int programmaticStreamSerializationAllowed is used here
-    _fields_ = [("pad", ctypes.c_char * 64), ("programmaticStreamSerializationAllowed", ctypes.c_int32)]
+    # 64 bytes; of its members only these two are used here
+    _fields_ = [
+        ("pad", ctypes.c_char * 64),
+        ("programmaticStreamSerializationAllowed", ctypes.c_int32),
+        ("clusterDim", ctypes.c_uint32 * 3),
+    ]
 
 
 class CUlaunchAttribute(ctypes.Structure):
@@ -81,12 +87,25 @@ def programmatic_attribute() -> CUlaunchAttribute:
     return attr
 
 
-class PdlLauncher:
-    """cuLaunchKernelEx with the programmatic-serialization attribute. Raises OSError where
-    libcuda has no cuLaunchKernelEx (a driver older than CUDA 12)."""
+def cluster_attribute(x: int) -> CUlaunchAttribute:
+    attr = CUlaunchAttribute()
+    attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    attr.value.clusterDim[:] = (x, 1, 1)
+    return attr
 
-    def __init__(self) -> None:
+
+class PdlLauncher:
+    """cuLaunchKernelEx with the programmatic-serialization attribute (unless programmatic is
+    False: the launcher then serves thread block clusters alone). Raises OSError where libcuda
+    has no cuLaunchKernelEx (a driver older than CUDA 12)."""
+
+    def __init__(self, programmatic: bool = True) -> None:
         lib = ctypes.CDLL("libcuda.so.1")
+        self.programmatic = programmatic
+        self._set_attr = lib.cuFuncSetAttribute
+        self._set_attr.restype = ctypes.c_int
+        self._set_attr.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._non_portable: set[int] = set()
         self._launch = lib.cuLaunchKernelEx
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [
@@ -99,9 +118,20 @@ class PdlLauncher:
 
     def __call__(
         self, func_ptr: int, grid: int, block: int, args: tuple[Any, ...], shared_mem: int, stream_ptr: int,
-        grid_y: int = 1,
+        grid_y: int = 1, cluster: int = 0,
     ) -> None:
-        cfg = CUlaunchConfig(grid, grid_y, 1, block, 1, 1, shared_mem, stream_ptr, ctypes.pointer(self._attr), 1)
+        """cluster > 0: clusters of that many blocks along x (grid a multiple of it); past the
+        8 every GPU takes, the function is allowed non-portable sizes first (the H100: 16)."""
+        attrs = [self._attr] if self.programmatic else []
+        if cluster:
+            if cluster > 8 and func_ptr not in self._non_portable:
+                rc = self._set_attr(ctypes.c_void_p(func_ptr), CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
+                if rc != 0:
+                    raise RuntimeError(f"cuFuncSetAttribute (non-portable cluster size) failed: CUresult {rc}")
+                self._non_portable.add(func_ptr)
+            attrs.append(cluster_attribute(cluster))
+        arr = (CUlaunchAttribute * len(attrs))(*attrs)
+        cfg = CUlaunchConfig(grid, grid_y, 1, block, 1, 1, shared_mem, stream_ptr, arr, len(attrs))
         _buf, params = pack_args(args)  # _buf: the values params point at, alive until the call returns
         rc = self._launch(ctypes.byref(cfg), ctypes.c_void_p(func_ptr), params, None)
         if rc != 0:

@@ -20,7 +20,8 @@
 // attention's loads ahead of pdl_wait of the cached K / V rows and its RoPE cos / sin
 // (attn_decode), 8 has the down projection stage its rows after pdl_wait; these compute the
 // same values. 9, 12 and 10 stop fmva_*'s attention after RoPE / the scores / the softmax (wrong
-// values: timing only).
+// values: timing only). 14 has attn_out_* let the next kernel start at its own start, as the
+// other kernels do, rather than after its attention.
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
 #endif
@@ -62,6 +63,7 @@ DEV unsigned long long tl_now() {
 // phase j of kernel tl_k reached by this block (thread 0): the latest over blocks
 #define TL_MARK(J)                                                           \
     if (threadIdx.x == 0) atomicMax(&tl_ph[tl_k][J], tl_now());
+#define TL_KIDX tl_k  // this kernel's index, for TL_MARK in a callee
 #define TL_END                                                               \
     __syncthreads();                                                         \
     if (threadIdx.x == 0) {                                                  \
@@ -76,6 +78,7 @@ DEV unsigned long long tl_now() {
 #define TL_BEGIN
 #define TL_WAITED(META)
 #define TL_MARK(J)
+#define TL_KIDX 0u
 #define TL_END
 #endif
 
@@ -1199,17 +1202,24 @@ FMV_INSTANTIATE(A_Q8_K, q8_k)
 // kv != null (a replayed step): the job's cache is read from device memory, kv = {K base, V
 // base, capacity} of a cache [layer][capacity][n_kv][d], and kc / vc are this layer's rows
 // in it; so one recorded step serves every job that binds its cache there.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
-    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, u16* kc, u16* vc,
-    float* __restrict__ out, float* __restrict__ scores, int T_stride, const int* __restrict__ pos, int start,
-    int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale, int has_q_scale,
-    float scale, int window, const unsigned long long* __restrict__ kv, int layer,
-    const float* __restrict__ rcos, const float* __restrict__ rsin, const float* __restrict__ sinks) {
+//
+// attn_head is that work for head h, into o (d floats) with the scores in sc (T floats); the
+// block writes the new rows only where may_write. ahead() runs just before pdl_wait (work
+// that reads no earlier kernel's output), tail() after the output (o is then complete only
+// behind a barrier; it gets FMV_TIMELINE's kernel index). attn_decode: a block a head, o and
+// sc in global memory.
+template <class Ahead, class Tail>
+DEV void attn_head(int h, const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                   u16* kc, u16* vc, float* o, float* sc, unsigned tl_kind, const int* __restrict__ pos, int start,
+                   int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale,
+                   int has_q_scale, float scale, int window, const unsigned long long* __restrict__ kv, int layer,
+                   const float* __restrict__ rcos, const float* __restrict__ rsin, const float* __restrict__ sinks,
+                   bool may_write, Ahead ahead, Tail tail, bool trigger = true) {
     __shared__ float qs[256], kn[256], vn[256];
     if (kv != nullptr) layer_cache(kv, layer, n_kv, d, &kc, &vc);
     TL_BEGIN
-    pdl_trigger();
-    const int h = blockIdx.x, tid = threadIdx.x;
+    if (trigger) pdl_trigger();
+    const int tid = threadIdx.x;
     const int group = n_head / n_kv, kvh = h / group;
     // The position is read ahead of pdl_wait: the host or the previous step's argmax_step
     // wrote it, and no kernel of this step writes it before this one has finished.
@@ -1243,9 +1253,10 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         }
     };
     if (FMV_ABLATE != 6) pair_cs();
+    ahead();
     pdl_wait();
     if (FMV_ABLATE == 6) pair_cs();
-    TL_WAITED(10u + ((unsigned)T_stride << 4))
+    TL_WAITED(tl_kind)
     __shared__ float redf[ATT_THREADS];
     __shared__ double redd[ATT_THREADS];
     const float* qh = q + (i64)h * d;
@@ -1271,7 +1282,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
         }
         __syncthreads();
     }
-    const bool writer = (h % group) == 0;
+    const bool writer = may_write && (h % group) == 0;
     for (int c = tid; c < d; c += blockDim.x) {
         const float qv = has_q_scale ? __fmul_rn(qs[c], q_scale) : qs[c];
         qs[c] = round_f16(qv);
@@ -1284,7 +1295,6 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     }
     __syncthreads();
     TL_MARK(0)
-    float* sc = scores + (i64)h * T_stride;
     float m = __int_as_float(0xff800000);  // -inf
     const bool vec = (d & 63) == 0;  // rows of 64, 128, ... halves: 16-byte loads, 8 in flight
     for (int t = t0 + tid; t < T; t += blockDim.x) {
@@ -1336,7 +1346,6 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
     for (int t = t0 + tid; t < T; t += blockDim.x) sc[t] = round_f16(__fmul_rn(sc[t], inv));
     __syncthreads();
     TL_MARK(1)
-    float* o = out + (i64)h * d;
     const int tpr = d >> 3;  // threads per V row, 8 halves (one 16-byte load) each
     if ((d & 7) == 0 && tpr <= ATT_THREADS) {
         // R rows at a time: thread (rg, cg) sums columns 8 cg .. 8 cg + 7 over rows t0 + rg,
@@ -1403,8 +1412,167 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
             o[c] = acc;
         }
     }
+    tail(TL_KIDX);
     TL_END
 }
+
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, u16* kc, u16* vc,
+    float* __restrict__ out, float* __restrict__ scores, int T_stride, const int* __restrict__ pos, int start,
+    int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale, int has_q_scale,
+    float scale, int window, const unsigned long long* __restrict__ kv, int layer,
+    const float* __restrict__ rcos, const float* __restrict__ rsin, const float* __restrict__ sinks) {
+    const int h = blockIdx.x;
+    attn_head(h, q, k, v, kc, vc, out + (i64)h * d, scores + (i64)h * T_stride, 10u + ((unsigned)T_stride << 4), pos,
+              start, n_head, n_kv, d, n_rot, theta_scale, style, q_scale, has_q_scale, scale, window, kv, layer,
+              rcos, rsin, sinks, true, [] {}, [](unsigned) {});
+}
+
+// Attention and the output projection + residual in one launch, by thread block clusters
+// (sm_90; CupyBackend.attention_output while the context is short). Grid (n_head, R), one
+// cluster of n_head blocks per row chunk r: block h computes head h's attention (attn_head;
+// each cluster repeats it, in parallel on its own multiprocessors) and that head's share of
+// O for rows r * rpc .. (r + 1) * rpc - 1, whose units over the head's d columns it copied
+// into shared memory ahead of the wait. A 32-unit lies within one head, so rounding the head's
+// output as load_act rounds O's input gives the apart path's int8 values and scales. The
+// heads' partial sums meet in distributed shared memory: block h adds up, in head order, the
+// rows h, h + n_head, ... of the chunk, then the bias and the residual as fmv_* does. So the
+// output is the apart path's (attn_decode, then fmv_*) within float32 rounding of the order
+// of a row's sums; the K / V rows written are the same bits (cluster 0 writes them). A row's
+// partial sums go to its adding block's shared memory (remote stores), so one cluster barrier
+// is all the exchange takes and no block reads another's memory after it. Weight
+// formats with 32-element input blocks (activation kinds q8_0 / q8_1); the scores stay in
+// shared memory, smax of them (the host sends contexts of at most smax positions).
+// The next kernel may start only once every block has done its attention (pdl_trigger in the
+// tail, not at the start as elsewhere): these blocks are small, and letting gate/up start at
+// once let gate/up and then down occupy the multiprocessors early, so that the next layer's
+// norm + QKV found no room to stage its weights ahead (bench/gpu_timeline.py: its products
+// took 3.2 µs instead of 2.0) and the step took 774.8 µs against 738.0 (Qwen shape, H100).
+#if __CUDA_ARCH__ >= 900
+DEV void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// v into p's float in the shared memory of block `rank` of this cluster (the same offset there)
+DEV void st_cluster(float* p, unsigned rank, float v) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    unsigned ra;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(ra), "f"(v) : "memory");
+}
+#endif
+
+template <int A>
+DEV float unit_dot_any(int t, const u8* __restrict__ r, int u, const u32* __restrict__ xw, float dx, int xsum,
+                       float s8) {
+#define UD(TT) return unit_dot_i8<TT>(r, u, xw, dx, xsum, s8)
+    if (A == A_Q8_0) {
+        if (t == T_Q4_0) UD(T_Q4_0);
+        if (t == T_Q5_0) UD(T_Q5_0);
+        if (t == T_Q8_0) UD(T_Q8_0);
+    } else if (A == A_Q8_1) {
+        if (t == T_Q4_1) UD(T_Q4_1);
+        if (t == T_Q5_1) UD(T_Q5_1);
+    }
+#undef UD
+    return __int_as_float(0x7fc00000);  // a type the host should not have sent here
+}
+
+template <int A>
+DEV void attn_out_impl(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                       u16* kc, u16* vc, const int* __restrict__ pos, int start, int n_head, int n_kv, int d,
+                       int n_rot, float theta_scale, int style, float q_scale, int has_q_scale, float scale,
+                       int window, const unsigned long long* __restrict__ kv, int layer,
+                       const float* __restrict__ rcos, const float* __restrict__ rsin,
+                       const float* __restrict__ sinks, const u8* __restrict__ W, i64 rb, int wt, int n_out,
+                       int rpc, const float* __restrict__ bias, float* __restrict__ y,
+                       const float* __restrict__ resid, int smax) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(16) float ao_smem[];
+    __shared__ float os[256], od[8], oss[8];
+    __shared__ __align__(16) i8 oq[256];
+    __shared__ int osum[8];
+    const int h = blockIdx.x, C = gridDim.x, tid = threadIdx.x;  // cluster (C, 1, 1): h is the rank
+    const int nu = d >> 5, len = nu * block_bytes_of(wt);      // the head's units of a row: bytes
+    const int row0 = blockIdx.y * rpc, nrows = max(0, min(rpc, n_out - row0));
+    // a row's slot: its granules, an odd number of them (4-way rather than 16-way bank conflicts
+    // when a thread a row reads them)
+    const int stride = 16 * (((len + 30) >> 4) | 1);
+    float* sc = ao_smem;                                        // smax scores
+    const int per = (rpc + C - 1) / C;                          // rows a block adds up
+    float* part = ao_smem + smax;                               // [C][per]: row h + C m from block c
+    u8* st = (u8*)(ao_smem + smax + ((C * per + 3) & ~3));      // the staged rows (16-byte aligned)
+    auto src_of = [&](int i) { return W + (i64)(row0 + i) * rb + (i64)h * len; };
+    auto ahead = [&]() {
+        for (int i = tid; i < nrows; i += ATT_THREADS) {
+            const unsigned long long a = (unsigned long long)src_of(i);
+            const u8* s = (const u8*)(a & ~15ull);
+            const int nc = ((int)(a & 15) + len + 15) >> 4;
+            for (int g = 0; g < nc; ++g) cp_async16(st + (i64)i * stride + 16 * g, s + 16 * g);
+        }
+        cp_async_commit();
+    };
+    auto tail = [&](unsigned tl_k) {  // (tl_k: FMV_TIMELINE's TL_MARK)
+        if (FMV_ABLATE != 14) pdl_trigger();  // (not before: see the comment above attn_out_impl)
+        __syncthreads();  // the head's output is complete
+        const int warp = tid >> 5, lane = tid & 31;
+        for (int u = warp; u < nu; u += ATT_THREADS / 32) {  // load_act's q8_0 / q8_1 rounding
+            const float x = os[32 * u + lane];
+            const float m = warp_max(fabsf(x));
+            const float dd = __fdiv_rn(m, 127.f);
+            const float inv = m != 0.f ? __fdiv_rn(127.f, m) : 0.f;
+            const float qv = rintf(__fmul_rn(x, inv)) + 0.f;
+            oq[32 * u + lane] = (i8)(int)qv;
+            const int qsum = __reduce_add_sync(0xffffffffu, (int)qv);
+            if (lane == 0) {
+                od[u] = round_f16(dd);
+                osum[u] = qsum;
+                oss[u] = round_f16(__fmul_rn(dd, (float)qsum));
+            }
+        }
+        cp_async_wait(0);
+        __syncthreads();
+        for (int i = tid; i < nrows; i += ATT_THREADS) {
+            const u8* row = st + (i64)i * stride + ((unsigned long long)src_of(i) & 15);
+            float acc = 0.f;
+            for (int j = 0; j < nu; ++j) {
+                const uint4* xp = (const uint4*)(oq + 32 * j);
+                const uint4 q0 = xp[0], q1 = xp[1];
+                const u32 xw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+                acc += FMV_ABLATE == 1 ? (float)row[j] : unit_dot_any<A>(wt, row, j, xw, od[j], osum[j], oss[j]);
+            }
+            st_cluster(part + h * per + i / C, (unsigned)(i % C), acc);  // row i is block i % C's
+        }
+        TL_MARK(2)
+        cluster_sync();  // every block's partial sums have landed (release / acquire)
+        for (int m = tid; h + C * m < nrows; m += ATT_THREADS) {
+            float acc = 0.f;
+            for (int c = 0; c < C; ++c) acc += part[c * per + m];  // in head order
+            const int rr = row0 + h + C * m;
+            if (bias != nullptr) acc = __fadd_rn(acc, bias[rr]);
+            y[rr] = __fadd_rn(resid[rr], acc);
+        }
+    };
+    attn_head(h, q, k, v, kc, vc, os, sc, 11u + ((unsigned)smax << 4), pos, start, n_head, n_kv, d, n_rot,
+              theta_scale, style, q_scale, has_q_scale, scale, window, kv, layer, rcos, rsin, sinks,
+              blockIdx.y == 0, ahead, tail, FMV_ABLATE == 14);
+#else
+    __trap();  // the host takes this path on sm_90 and later only
+#endif
+}
+
+#define ATTO_INSTANTIATE(A, NAME)                                                                      \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_out_##NAME(                         \
+        const float* q, const float* k, const float* v, u16* kc, u16* vc, const int* pos, int start,   \
+        int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale,           \
+        int has_q_scale, float scale, int window, const unsigned long long* kv, int layer,             \
+        const float* rcos, const float* rsin, const float* sinks, const u8* W, i64 rb, int wt,         \
+        int n_out, int rpc, const float* bias, float* y, const float* resid, int smax) {               \
+        attn_out_impl<A>(q, k, v, kc, vc, pos, start, n_head, n_kv, d, n_rot, theta_scale, style,      \
+                         q_scale, has_q_scale, scale, window, kv, layer, rcos, rsin, sinks, W, rb, wt, \
+                         n_out, rpc, bias, y, resid, smax);                                            \
+    }
+ATTO_INSTANTIATE(A_Q8_0, q8_0)
+ATTO_INSTANTIATE(A_Q8_1, q8_1)
 
 // RoPE's cos and sin at positions 0 .. n - 1 for pairs 0 .. half - 1, [n][half] each, by
 // rope_cs: what attn_decode would compute at each step, made once per model (the backend's
