@@ -12,16 +12,14 @@ per row and rows per warp; "no rope table" has attention compute RoPE's cos and 
 step; "no K/V or cos/sin ahead" (6) has attention load the cached rows and RoPE's table row
 after pdl_wait; "norm weights staged in sync" (5) loads the products' norm weights with
 plain loads, not cp.async; "down rounds its input" has every down block round gate/up's
-output itself (no round_output); "attention with O" launches attention and the output
-projection as one kernel (fmva_*) up to 128 positions (cupy_backend.ATT_O_MAX, 0 as shipped),
-"O by clusters" as attn_out_* (a cluster of a block a head per chunk of O's rows) up to 1,024
-positions, ": N chunks" with N clusters instead of one per n_head multiprocessors, "apart"
-attn_decode and fmv_* at every position, ": early trigger" (14) lets the next kernel start at its
-start rather than after its attention,
-"fused: RoPE only" (9), "fused: scores only" (12) and "fused: no P.V" (10) the same kernel
-stopped early (wrong values, timing only; the rows attention+o@64 and @250 time it per
-layer at those contexts), "fused: no K/V ahead" (6) without its rows ahead of the wait; "down stages
-after the wait" (8) has the down projection copy its rows only once its input exists;
+output itself (no round_output); "apart" runs attention and the output projection as two
+kernels (attn_decode, fmv_*) at every position, "O by clusters" as one (attn_out_*, clusters
+of a block a head per chunk of O's rows) up to 1,024 positions (cupy_backend.ATT_O_MAX, as
+shipped), ": N chunks" with N clusters instead of ATT_O_CHUNKS, ": early trigger" (14) letting
+the next kernel start at its start rather than after its attention, ": no K/V ahead" (6)
+without the cached rows ahead of the wait (the rows attention+o@64 and @250 time attention
+and O per layer at those contexts); "down stages after the wait" (8) has the down
+projection copy its rows only once its input exists;
 "<product> N blocks/SM" sizes that one product's grid (qkv, o, gate/up, down, head) for N;
 "as shipped again" repeats the first to show the run's noise.
 --variants picks some (default: all). Each fused step kind is captured in a graph over
@@ -59,7 +57,6 @@ SWITCHES: dict[str, object] = {
     "_rope_tables": True,
     "_round_once": True,
     "_att_o_max": cb.ATT_O_MAX,
-    "_att_o_cluster": True,
     "_att_o_chunks": 0,
 }
 VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] = {
@@ -80,11 +77,6 @@ VARIANTS: dict[str, tuple[int, bool, int, tuple[int, int], dict[str, object]]] =
     "down stages after the wait": (8, True, B, (4, 4), {}),
     "no rope table": (0, True, B, (4, 4), {"_rope_tables": False}),
     "down rounds its input": (0, True, B, (4, 4), {"_round_once": False}),
-    "attention with O": (0, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
-    "fused: RoPE only": (9, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
-    "fused: no P.V": (10, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
-    "fused: scores only": (12, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
-    "fused: no K/V ahead": (6, True, B, (4, 4), {"_att_o_max": 128, "_att_o_cluster": False}),
     "apart": (0, True, B, (4, 4), {"_att_o_max": 0}),
     "O by clusters": (0, True, B, (4, 4), {"_att_o_max": 1024}),
     "O by clusters: 4 chunks": (0, True, B, (4, 4), {"_att_o_max": 1024, "_att_o_chunks": 4}),
@@ -182,11 +174,10 @@ def main() -> int:
     att_cache = ad.new_cache(256)
     steps: dict[str, Any] = {
         "rope+attention@64": lambda: [be.rope_attention(q, kv, kv, att_cache, i, 64, cfg) for i in range(n)],
-        # (one launch a layer while att_o_max allows, else the two above)
+        # (one launch a layer while att_o_max allows, else attention and O+residual apart)
         "attention+o@64": lambda: [
             be.attention_output(q, kv, kv, att_cache, i, 64, cfg, ly.wo, x) for i, ly in enumerate(L)
         ],
-        # (at 250 positions: past the fmva variants' att_o_max of 128, so attention and O apart there)
         "attention+o@250": lambda: [
             be.attention_output(q, kv, kv, att_cache, i, 249, cfg, ly.wo, x) for i, ly in enumerate(L)
         ],

@@ -5,7 +5,7 @@ over the unfused CUDA kernels, themselves checked against NumPy in test_cuda_bac
 same rounding of every activation and the same weight bits, with float32 sums in another
 order, so within 1e-5 relative; attention within 1e-6 (its P.V sums run in another order
 too) and the KV-cache rows bit-identical; attention and the output projection in one kernel
-(fmva_*, tensor cores) within float32 rounding of the two apart. The graph decoder replays
+(attn_out_*, thread block clusters) within float32 rounding of the two apart. The graph decoder replays
 exactly the kernels an eager one-token forward pass runs, so its logits and greedy ids must
 be bit-identical to forward()'s.
 """
@@ -198,29 +198,22 @@ def test_rope_attention_decode_matches_composed(gpu, tiny_models, arch, q_scale,
 REAL_HEADS = {"qwen25-heads": (14, 2, 64), "smollm2-heads": (9, 3, 64)}
 
 
-@pytest.mark.parametrize("impl", ["cluster", "fmva"])
 @pytest.mark.parametrize("start", [13, 200], ids=["ctx14", "ctx201"])
 @pytest.mark.parametrize("table", [False, True], ids=["cos-sin-computed", "cos-sin-from-table"])
 @pytest.mark.parametrize("arch", ["qwen25-shape", "smollm2-shape", *REAL_HEADS])
 @pytest.mark.parametrize("q_scale", [None, 0.125])
-def test_attention_output_fused_matches_apart(gpu, tiny_models, arch, q_scale, table, start, impl):
-    """One launch against attn_decode then fmv_*, which tests above check against the
-    composed path. impl "cluster": attn_out_* (a block a head, clusters meeting in distributed
-    shared memory): the same attention and int8 input, only the row sums' order differs.
-    "fmva": fmva_* (attention on tensor cores, repeated in every block of the product): the
-    same float16 operands, so the attention differs by the order of its float32 sums (the O
-    product's input may then round to another int8 in rare places). Either way the K / V rows
-    written are the same bits. The real heads' cases add a bias to the product."""
+def test_attention_output_fused_matches_apart(gpu, tiny_models, arch, q_scale, table, start):
+    """attn_out_* (a block a head, clusters meeting in distributed shared memory) against
+    attn_decode then fmv_*, which tests above check against the composed path: the same
+    attention and the same int8 input to O, so only the order of a row's float32 sums differs;
+    the K / V rows written are the same bits. The real heads' cases add a bias to O."""
     bias = None
     if arch in REAL_HEADS:
-        # (121 positions, not 201: a block's shared memory holds the staged K / V rows of at
-        # most ~128 positions of these heads, and past that the host runs the two apart)
         nh, nkv, d = REAL_HEADS[arch]
         base, _ = _load(tiny_models["qwen25-shape"], NumpyBackend())
         cfg = dataclasses.replace(base, n_head=nh, n_kv_heads=nkv, head_dim=d, rope_dim=d, n_embd=nh * d)
         src = _weights(T.Q8_0, [(nh * d, nh * d)], 31)
         wo, bias = gpu.matrix(src, "w0"), gpu.vector(src, "b0")
-        start = min(start, 120)
     else:
         cfg, ad = _load(tiny_models[arch], gpu)
         wo = ad.layers[0].wo
@@ -234,17 +227,17 @@ def test_attention_output_fused_matches_apart(gpu, tiny_models, arch, q_scale, t
         gpu.rope_attention(*prompt, c, 0, 0, cfg, q_scale=q_scale)
     step = [cp.asarray(rng.standard_normal((1, h, d), dtype=np.float32)) for h in (nh, nkv, nkv)]
     resid = cp.asarray(rng.standard_normal((1, wo.n_out), dtype=np.float32))
-    before, saved = gpu.att_o_fused, (gpu._att_o_max, gpu._att_o_cluster)
-    gpu._att_o_max, gpu._att_o_cluster = start + 1, impl == "cluster"
+    before, saved = gpu.att_o_fused, gpu._att_o_max
+    gpu._att_o_max = start + 1
     try:
         fused = gpu.attention_output(*step, caches[0], 0, start, cfg, wo, resid, q_scale=q_scale, bias=bias)
     finally:
-        gpu._att_o_max, gpu._att_o_cluster = saved
+        gpu._att_o_max = saved
     assert gpu.att_o_fused == before + 1
     apart = Backend.attention_output(gpu, *step, caches[1], 0, start, cfg, wo, resid, q_scale=q_scale, bias=bias)
     # the product's part alone (the residual is added exactly in both), and the whole row
     part = rel(fused - resid, apart - resid)
-    assert part < (1e-5 if impl == "cluster" else 1e-4), f"attention @ W_O differs by {part:.2e} relative"
+    assert part < 1e-5, f"attention @ W_O differs by {part:.2e} relative"
     assert rel(fused, apart) < 1e-5
     assert not bits_equal(fused - resid, cp.zeros_like(resid))  # (the attention reached the output)
     assert bits_equal(caches[0].k, caches[1].k) and bits_equal(caches[0].v, caches[1].v)

@@ -117,7 +117,7 @@ def test_rows_that_are_not_whole_steps_are_refused():
 
 
 def test_attention_with_o_is_its_own_kind():
-    # decode.cu's fmva_* (attention and O in one kernel, kind 11): a layer of four kernels
+    # decode.cu's attn_out_* (attention and O in one kernel, kind 11): a layer of four kernels
     layer = [LAYER[0], (meta(11, N_EMBD), 6.0, 0.1, 11.0, 2.5, 0), *LAYER[3:]]
     out = summarize(*timeline(layer * LAYERS + TAIL, STEPS), STEPS, N_FF)
     kinds = out["kinds"]

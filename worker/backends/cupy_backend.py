@@ -105,7 +105,6 @@ ATT_THREADS = 128  # must match kernels.cu
 # one launch (CupyBackend.attention_output: attn_out_*, clusters of a block a head); longer
 # ones attn_decode and the product apart. 0: never.
 ATT_O_MAX = 1024
-ATT_O_DMAX = 128  # fmva_*'s largest head size (decode.cu's ATT_O_DMAX)
 # output projections attn_out_* takes: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element input blocks)
 ATT_O_CLUSTER_TYPES = frozenset({2, 3, 6, 7, 8})
 # attn_out_*'s clusters (chunks of O's rows): each repeats the attention, so fewer cost less
@@ -374,15 +373,13 @@ class CupyBackend(Backend):
         self._rounded: tuple[Any, Any, Any, Any] | None = None
         self.rounded_taken = 0
         self.moe_on_device = 0  # norm_moe calls routed on the device (tests/cuda checks the path runs)
-        self.att_o_fused = 0  # attention_output calls that took fmva_* (likewise)
-        # Contexts of up to this many positions take attention and O in one launch (fmva_*:
-        # every block repeats the attention for itself); 0: never (ATT_O_MAX; an A/B switch
-        # for bench/gpu_decode_ablation.py)
+        self.att_o_fused = 0  # attention_output calls that took attn_out_* (likewise)
+        # Contexts of up to this many positions take attention and O in one launch (attn_out_*);
+        # 0: never (ATT_O_MAX; an A/B switch for bench/gpu_decode_ablation.py); its clusters
+        # (0: ATT_O_CHUNKS); False once a launch was refused
         self._att_o_max = int(os.environ.get("WORKER_CUDA_ATT_O_MAX", str(ATT_O_MAX)))
-        # ... by clusters of blocks, a block a head (attn_out_*), rather than fmva_*; and the row
-        # chunks (clusters) that takes, 0: ATT_O_CHUNKS
-        self._att_o_cluster = os.environ.get("WORKER_CUDA_ATT_O_CLUSTER", "1") != "0"
         self._att_o_chunks = 0
+        self._att_o_ok = True
         self._round_once = os.environ.get("WORKER_CUDA_ROUND_ONCE", "1") != "0"  # an A/B switch
         # Set while a GraphDecoder records or replays a step: kernels then read the token and
         # its position from the decoder's device buffers instead of taking host values.
@@ -443,7 +440,7 @@ class CupyBackend(Backend):
         f = self._functions.get(name)
         if f is None:
             f = self._module.get_function(name)
-            if name.startswith(("fmv_", "fmva_", "act_split_", "attn_out_")) and self._fmv_smem_max > FMV_SMEM_DEFAULT:
+            if name.startswith(("fmv_", "act_split_", "attn_out_")) and self._fmv_smem_max > FMV_SMEM_DEFAULT:
                 f.max_dynamic_shared_size_bytes = self._fmv_smem_max
             self._functions[name] = f
         return f
@@ -1285,7 +1282,7 @@ class CupyBackend(Backend):
         self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig,
         q_scale: float | None, kq_scale: float | None, sinks: Any | None, window: int,
     ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
-        """The attention arguments of attn_decode and fmva_* for one query row at position start
+        """The attention arguments of attn_decode and attn_out_* for one query row at position start
         (in a recorded step: the step's position): ((q, k, v, K cache, V cache), (position, start,
         n_head, ... sinks)). None for a shape no device-position kernel takes."""
         n, n_head, d = q.shape
@@ -1349,82 +1346,39 @@ class CupyBackend(Backend):
         self._launch_dep("attn_decode", n_head, ATT_THREADS, (*qkv, out, scores, np.int32(stride), *rest))
         return out
 
-    @staticmethod
-    def _att_scratch_bytes(n_head: int, n_kv: int, d: int, n_rot: int, tmax: int) -> int:
-        """fmva_*'s attention scratch (decode.cu's AttPro): Q, the new K and V, the scores, the
-        float16 probabilities, the output, RoPE's cos and sin, then (16-byte aligned) the
-        cached K and V rows, float16, tmax rows of n_kv d + 8 each."""
-        floats = n_head * d + 2 * n_kv * d + n_head * tmax + n_head * tmax // 2 + n_head * d + 2 * (n_rot // 2)
-        return 4 * (-(-floats // 4) * 4) + 4 * tmax * (n_kv * d + 8)
-
     @_device_op
     def attention_output(
         self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig, wo: Any,
         residual: Any, *, q_scale: float | None = None, bias: Any | None = None,
     ) -> Any:
-        """One launch (fmva_*: decode.cu's AttPro, then the O product + residual) while the
-        context is short: at most att_o_max positions (a recorded step: the variant the decoder
-        replays up to there, step.fuse_att). Otherwise, or for a shape it does not take,
-        attn_decode and fmv_*: the same values within float32 rounding of the attention's sums."""
+        """One launch while the context is short (attn_out_*, decode.cu: a cluster of n_head
+        blocks per chunk of O's rows, a block a head): at most att_o_max positions (a recorded
+        step: the variant the decoder replays up to there, step.fuse_att). Otherwise, or for a
+        shape it does not take (no sm_90 launcher, more than 16 heads, a head size not a
+        multiple of 32 or over 256, an output projection without 32-element input blocks),
+        attn_decode and fmv_*: the same values within float32 rounding of a row's sums."""
         step = self._step
         n, n_head, d = q.shape
-        n_kv = k.shape[1]
         residual = self._f32(residual)
-        short = n == 1 and (step.fuse_att if step is not None else start + 1 <= self._att_o_max)
-        if short and self._att_o_cluster:
+        if (n == 1 and (step.fuse_att if step is not None else start + 1 <= self._att_o_max) and self._att_o_ok
+                and (self._pdl is not None or self._ex is not None) and n_head <= 16 and d % 32 == 0 and d <= 256
+                and n_head % k.shape[1] == 0 and getattr(wo, "type_id", -1) in ATT_O_CLUSTER_TYPES
+                and wo.n_in == n_head * d and residual.shape == (1, wo.n_out)):  # fmt: skip
             y = self._attention_output_cluster(q, k, v, cache, layer, start, cfg, wo, residual, q_scale, bias)
             if y is not None:
                 return y
-        # the scratch's positions a head, rounded up to 16 (P.V's tensor-core steps take 16;
-        # the output after stays 16-byte aligned). Sized by att_o_max alone, not by this
-        # step's position: whether the scratch fits then does not depend on it, so an eager
-        # step and the recorded one (graph_short) take the same path.
-        tmax = -(-self._att_o_max // 16) * 16
-        fuse = (
-            short
-            and not self._att_o_cluster
-            and d % 16 == 0
-            and d <= ATT_O_DMAX
-            and n_head % n_kv == 0
-            and n_head // n_kv <= 16  # a KV group's heads: the rows of one m16 tile
-            and residual.shape == (1, getattr(wo, "n_out", -1))
-            and self._fmv_fits(n_head * d, [wo])
-        )
-        plan = self._plan(n_head * d, 1, [(wo.raw, wo.row_bytes, wo.type_id, wo.n_out)], wo.n_out) if fuse else None
-        smem = plan.smem + self._att_scratch_bytes(n_head, n_kv, d, cfg.rope_dim, tmax) if plan else 0
-        setup = None
-        if plan is not None and smem <= self._fmv_smem_max:
-            setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, None, None, 0)
-        if setup is None:
-            attn = self.rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale)
-            return self.linear_add(attn, wo, residual, bias)
-        self._rounded = None
-        self.att_o_fused += 1
-        qkv, rest = setup
-        y = cp.empty((1, wo.n_out), dtype=cp.float32)
-        b = NULL if bias is None else self._bias(bias)
-        args = (
-            np.int32(n_head * d), np.int32(plan.iters), np.int32(plan.wpr), np.int32(plan.rpw), np.int32(plan.per),
-            np.int32(plan.nst), np.int32(plan.pass_bytes), wo.raw, np.int64(wo.row_bytes), np.int32(wo.type_id),
-            np.int32(wo.n_out), b, y, residual, *qkv, *rest, np.int32(tmax),
-        )  # fmt: skip
-        self._launch_dep("fmva_" + wo.act_type, plan.grid, FMV_THREADS, args, smem)
-        return y
+        attn = self.rope_attention(q, k, v, cache, layer, start, cfg, q_scale=q_scale)
+        return self.linear_add(attn, wo, residual, bias)
 
     def _attention_output_cluster(
         self, q: Any, k: Any, v: Any, cache: KVCache, layer: int, start: int, cfg: ModelConfig, wo: Any,
         residual: Any, q_scale: float | None, bias: Any | None,
     ) -> Any | None:
-        """attn_out_* (decode.cu): a cluster of n_head blocks per chunk of O's rows, a block a
-        head. None where it does not apply (no sm_90 launcher, more than 16 heads, a head size
-        not a multiple of 32 or over 256, an output projection without 32-element input blocks),
-        for attention_output to take another path."""
+        """attention_output's launch of attn_out_*, or None (for attn_decode and fmv_*) where
+        the attention has no device-position kernel or the scratch does not fit."""
         n_head, d = q.shape[1], q.shape[2]
         launcher = self._pdl if self._pdl is not None else self._ex
-        if (launcher is None or n_head > 16 or d % 32 or d > 256 or n_head % k.shape[1]
-                or getattr(wo, "act_type", "") not in ("q8_0", "q8_1") or wo.type_id not in ATT_O_CLUSTER_TYPES
-                or wo.n_in != n_head * d or residual.shape != (1, wo.n_out)):  # fmt: skip
-            return None
+        assert launcher is not None  # (attention_output checked)
         setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, None, None, 0)
         if setup is None:
             return None
@@ -1452,7 +1406,7 @@ class CupyBackend(Backend):
                      chunks, cluster=n_head)  # fmt: skip
         except RuntimeError as exc:  # a driver that refuses the cluster: the other paths from now on
             log.warning("attention and O by clusters unavailable, taking them apart: %s", exc)
-            self._att_o_cluster = False
+            self._att_o_ok = False
             return None
         self._rounded = None
         self.att_o_fused += 1

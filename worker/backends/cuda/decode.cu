@@ -3,13 +3,14 @@
 //
 // A decode step of a 0.5B model is ~400 small products and element-wise operations; launched
 // one by one they cost far more than the ~0.15 ms it takes to read the weights. These kernels
-// do a decoder layer in five launches (norm+QKV, RoPE+cache write+attention, O+residual,
-// norm+gate/up+SwiGLU, down+residual; fmva_* would make the middle two one, see AttPro), and
-// the CuPy backend captures a whole step in a CUDA graph. Arithmetic is the unfused kernels'
-// own (same rounding of activations, same RMSNorm /
-// RoPE / softmax code), except inside a product: a 32-element unit of most block formats is
-// summed exactly in integers (kernels.cu's unit_dot_i8, as ggml's CUDA kernels do) and scaled
-// once, and the float32 sums run per unit, then across the warp.
+// do a decoder layer in four launches while the context is short (norm+QKV; RoPE, cache
+// write, attention, O and residual by clusters, attn_out_*; norm+gate/up+SwiGLU;
+// down+residual), five past it (attn_decode, then O apart), and the CuPy backend captures a
+// whole step in a CUDA graph. Arithmetic is the unfused kernels' own (same rounding of
+// activations, same RMSNorm / RoPE / softmax code), except inside a product: a 32-element
+// unit of most block formats is summed exactly in integers (kernels.cu's unit_dot_i8, as
+// ggml's CUDA kernels do) and scaled once, and the float32 sums run per unit, then across the
+// warp.
 
 #if defined(__CUDACC__)
 
@@ -19,8 +20,7 @@
 // norm weights with plain loads before pdl_wait instead of cp.async (fmv_impl), 6 drops
 // attention's loads ahead of pdl_wait of the cached K / V rows and its RoPE cos / sin
 // (attn_decode), 8 has the down projection stage its rows after pdl_wait; these compute the
-// same values. 9, 12 and 10 stop fmva_*'s attention after RoPE / the scores / the softmax (wrong
-// values: timing only). 14 has attn_out_* let the next kernel start at its own start, as the
+// same values. 14 has attn_out_* let the next kernel start at its own start, as the
 // other kernels do, rather than after its attention.
 #ifndef FMV_ABLATE
 #define FMV_ABLATE 0
@@ -691,288 +691,7 @@ DEV void layer_cache(const unsigned long long* kv, int layer, int n_kv, int d, u
     *vc = (u16*)kv[1] + layer_elems;
 }
 
-// fmv_impl's input as the kernel before wrote it (every product but one).
-struct NoPro {
-    static constexpr unsigned KIND = 0;  // FMV_TIMELINE's kind: fmv_impl's own (1 + mode)
-    float* scratch;
-    DEV void ahead() {}
-    DEV const float* run(const float* x) { return x; }
-};
-
-// Attention for one query token, all heads, as the input of the output projection (the
-// fmva_* kernels: attention and O + residual in one launch). Every block of the product
-// computes the whole attention for itself, so none waits for another: the work is repeated
-// over the grid (the host sends contexts of up to att_o_max positions here, longer ones to
-// attn_decode then fmv_*). Q.K and P.V run on the tensor cores, a KV group's heads as the
-// rows of one m16 tile: the same float16 operands as attn_decode (Q and the probabilities
-// rounded, K and V from the cache), exact products, float32 sums in the tensor cores' order;
-// the softmax is attn_decode's. So the output is attn_decode's within float32 rounding of
-// its sums, not bit for bit (tests/cuda bounds the difference); the K / V rows written are
-// the same bits. Block 0 writes them to the cache; the others use their own copy (no block
-// reads a row another is writing). Scratch: dynamic shared memory after the product's ring,
-// laid out at cs_off. Host limits: d a multiple of 16 up to ATT_O_DMAX, gs <= 16.
-#define ATT_O_DMAX 128
-struct AttPro {
-    static constexpr unsigned KIND = 11;  // FMV_TIMELINE: bench/timeline_summary.py's ATTN_O
-    const float *q, *k, *v;
-    u16 *kc, *vc;
-    const int* pos;
-    int start, n_head, n_kv, d, n_rot;
-    float theta_scale;
-    int style;
-    float q_scale;
-    int has_q_scale;
-    float scale;
-    int window;
-    const unsigned long long* kv;
-    int layer;
-    const float *rcos, *rsin, *sinks;
-    int tmax;
-    float* scratch;  // set by fmv_impl
-    int p, t0;
-
-    // Before pdl_wait: nothing an earlier kernel of the step writes. The cache's place, the
-    // position, RoPE's cos and sin (into the scratch's cs), the copies of the cached rows t0 ..
-    // p - 1 of K and V into shared memory (complete before the step began).
-    DEV void ahead() {
-        if (kv != nullptr) layer_cache(kv, layer, n_kv, d, &kc, &vc);
-        p = pos != nullptr ? pos[0] : start;
-        const int T = p + 1;
-        t0 = (window > 0 && T > window) ? T - window : 0;
-        const int tid = threadIdx.x, half = n_rot / 2;
-        float* cs = scratch + cs_off();
-        if (style != 0) {
-            for (int j = tid; j < half; j += FMV_THREADS) {
-                float c, s;
-                if (rcos != nullptr) {
-                    c = rcos[(i64)p * half + j];
-                    s = rsin[(i64)p * half + j];
-                } else {
-                    rope_cs(p, j, theta_scale, &c, &s);
-                }
-                cs[j] = c;
-                cs[half + j] = s;
-            }
-        }
-        if (FMV_ABLATE != 6) stage_kv();
-    }
-    // The cached rows t0 .. p - 1 of K and V, every group, into the scratch's ks / vs (rows of
-    // n_kv d + 8 halves: the fragment loads below fall on distinct banks) with cp.async, one
-    // commit group; run() waits for it. (The fmv ring's groups were committed before; its
-    // waits count the most recent groups, so this extra one can only make them stricter:
-    // nothing for the output projection, whose blocks take one round of rows.)
-    DEV void stage_kv() {
-        const int nc = (n_kv * d) >> 3, sp = n_kv * d + 8;  // 16-byte chunks a row; row stride
-        const i64 kv_stride = (i64)n_kv * d;
-        u16* ks = (u16*)(scratch + stage_off());
-        u16* vs = ks + tmax * sp;
-        const int rows = min(p - t0, tmax);  // (more: run() traps, the host picks the path)
-        for (int j = threadIdx.x; j < rows * nc; j += FMV_THREADS) {
-            const int r = j / nc, c = j - r * nc;
-            const i64 src = (i64)(t0 + r) * kv_stride + 8 * c;
-            cp_async16((u8*)(ks + r * sp + 8 * c), (const u8*)(kc + src));
-            cp_async16((u8*)(vs + r * sp + 8 * c), (const u8*)(vc + src));
-        }
-        cp_async_commit();
-    }
-    // Scratch, in floats: qs [n_head d] | kn, vn [n_kv d each] | sc [n_head tmax] | the
-    // probabilities, float16 [n_head tmax] | the output [n_head d] | RoPE's cos, sin [n_rot / 2
-    // each] | (16-byte aligned) the staged K and V rows, float16 [tmax][n_kv d + 8] each
-    // (CupyBackend._att_scratch_bytes counts the same; tmax is a multiple of 16)
-    DEV int out_off() const { return n_head * d + 2 * n_kv * d + n_head * tmax + n_head * tmax / 2; }
-    DEV int cs_off() const { return out_off() + n_head * d; }
-    DEV int stage_off() const { return (cs_off() + n_rot + 3) & ~3; }
-
-    DEV const float* run(const float*) {
-        const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-        const int H = n_head, G = n_kv, D = d, gs = H / G, half = n_rot / 2;
-        const int T = p + 1, n = T - t0;
-        if (n > tmax) __trap();  // the scratch holds tmax scores a head (the host picks the path)
-        const i64 kv_stride = (i64)G * D;
-        float* qs = scratch;
-        float* kn = qs + H * D;
-        float* vn = kn + G * D;
-        float* sc = vn + G * D;
-        float* out = scratch + out_off();
-        const float* cs = scratch + cs_off();
-        if (FMV_ABLATE == 6) stage_kv();  // (timing only: the rows copied after the wait)
-        cp_async_wait(0);  // this thread's K / V copies have landed (and the ring's first rounds)
-        __syncthreads();   // ahead()'s cos and sin and every thread's copies, seen by all
-        // Q and the new K, V in one pass: a task is a RoPE pair of one row (or a column past
-        // n_rot), read from the QKV product's output, rotated, rounded (Q: scaled first, to
-        // float16; K: to its cache's float16) and, K / V by block 0, written to the cache.
-        // (Each pass below issues all of a thread's global loads before it uses them: one round
-        // trip to L2 a pass rather than one a value.)
-        const int hr = style != 0 ? half : 0, per = hr + (D - 2 * hr), ntask = (H + G) * per;
-        for (int c = tid; c < G * D; c += FMV_THREADS) vn[c] = round_f16(v[c]);
-        for (int i0t = 0; i0t < ntask; i0t += 4 * FMV_THREADS) {
-            float a[4], b[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int i = i0t + tid + r * FMV_THREADS;
-                if (i >= ntask) continue;
-                const int hh = i / per, j = i - hh * per;
-                const float* src = hh < H ? q + hh * D : k + (hh - H) * D;
-                if (j < hr) {
-                    a[r] = src[style == 2 ? j : 2 * j];
-                    b[r] = src[style == 2 ? j + hr : 2 * j + 1];
-                } else {
-                    a[r] = src[2 * hr + (j - hr)];
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int i = i0t + tid + r * FMV_THREADS;
-                if (i >= ntask) continue;
-                const int hh = i / per, j = i - hh * per;
-                const bool isq = hh < H;
-                int i0, i1 = -1;
-                float x0 = a[r], x1 = 0.f;
-                if (j < hr) {
-                    i0 = style == 2 ? j : 2 * j;
-                    i1 = style == 2 ? j + hr : 2 * j + 1;
-                    const float c = cs[j], sn = cs[half + j];
-                    x0 = __fsub_rn(__fmul_rn(a[r], c), __fmul_rn(b[r], sn));
-                    x1 = __fadd_rn(__fmul_rn(a[r], sn), __fmul_rn(b[r], c));
-                } else {
-                    i0 = 2 * hr + (j - hr);
-                }
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int col = e ? i1 : i0;
-                    const float x = e ? x1 : x0;
-                    if (col < 0) continue;
-                    if (isq) {
-                        qs[hh * D + col] = round_f16(has_q_scale ? __fmul_rn(x, q_scale) : x);
-                    } else {
-                        const int c = (hh - H) * D + col;
-                        const u16 k16 = f2h(x);
-                        kn[c] = h2f(k16);
-                        if (blockIdx.x == 0) kc[(i64)p * kv_stride + c] = k16;
-                    }
-                }
-            }
-        }
-        __syncthreads();
-        if (blockIdx.x == 0)
-            for (int c = tid; c < G * D; c += FMV_THREADS) vc[(i64)p * kv_stride + c] = f2h(v[c]);
-        if (FMV_ABLATE == 9) return qs;  // (timing only: the output projection of Q)
-        // Scores on the tensor cores (kernels.cu's mma16816): a warp's task is one group's gs
-        // heads (A: their Q rows, rows past gs zero) against 8 positions (B: K rows as staged
-        // from the cache, or the new row from kn). Q and K are float16 values, so the products
-        // are exact and only the order of the float32 sum differs from attn_decode's.
-        const int g4 = lane >> 2, k2 = 2 * (lane & 3), nk = D >> 4, sp = G * D + 8;
-        const u16* ks = (const u16*)(scratch + stage_off());  // stage_kv's rows t0 .. p - 1
-        const u16* vs = ks + tmax * sp;
-        const bool r0 = g4 < gs, r1 = g4 + 8 < gs;
-        u16* ps = (u16*)(sc + H * tmax);  // probabilities, float16, [H][tmax]
-        const int nt = (n + 7) >> 3;
-        for (int item = warp; item < G * nt; item += FMV_WARPS) {
-            const int g = item / nt, j = item - g * nt, t = t0 + 8 * j + g4;  // lane's B column
-            const u16* kr = ks + (t - t0) * sp + g * D + k2;
-            const float* kp = kn + g * D + k2;
-            u32 bf[ATT_O_DMAX / 16][2];
-#pragma unroll
-            for (int kk = 0; kk < ATT_O_DMAX / 16; ++kk) {
-                if (kk >= nk) break;
-                if (t < p) {
-                    bf[kk][0] = *(const u32*)(kr + 16 * kk);
-                    bf[kk][1] = *(const u32*)(kr + 16 * kk + 8);
-                } else if (t == p) {
-                    bf[kk][0] = pack_h2(f2h(kp[16 * kk]), f2h(kp[16 * kk + 1]));
-                    bf[kk][1] = pack_h2(f2h(kp[16 * kk + 8]), f2h(kp[16 * kk + 9]));
-                } else {
-                    bf[kk][0] = bf[kk][1] = 0u;
-                }
-            }
-            const float* q0 = qs + (g * gs + g4) * D + k2;
-            const float* q1 = q0 + 8 * D;
-            float c[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-            for (int kk = 0; kk < ATT_O_DMAX / 16; ++kk) {
-                if (kk >= nk) break;
-                const u32 af[4] = {r0 ? pack_h2(f2h(q0[16 * kk]), f2h(q0[16 * kk + 1])) : 0u,
-                                   r1 ? pack_h2(f2h(q1[16 * kk]), f2h(q1[16 * kk + 1])) : 0u,
-                                   r0 ? pack_h2(f2h(q0[16 * kk + 8]), f2h(q0[16 * kk + 9])) : 0u,
-                                   r1 ? pack_h2(f2h(q1[16 * kk + 8]), f2h(q1[16 * kk + 9])) : 0u};
-                mma16816(c, af, bf[kk][0], bf[kk][1]);
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int hh = g4 + 8 * (e >> 1), tt = 8 * j + k2 + (e & 1);
-                if (hh < gs && tt < n) sc[(g * gs + hh) * tmax + tt] = __fmul_rn(c[e], scale);
-            }
-        }
-        __syncthreads();
-        if (FMV_ABLATE == 12) return qs;
-        // Softmax, a warp per head, attn_decode's arithmetic (max, expf(s - max) summed in
-        // double, p = f16(e / total)); the probabilities are zero-padded to 16 positions for P.V.
-        const int n16 = (n + 15) & ~15;  // <= tmax (a multiple of 16: the host rounds it)
-        for (int h = warp; h < H; h += FMV_WARPS) {
-            float* sh = sc + h * tmax;
-            u16* ph = ps + h * tmax;
-            float m = __int_as_float(0xff800000);  // -inf
-            for (int i = lane; i < n; i += 32) m = fmaxf(m, sh[i]);
-            m = warp_max(m);
-            const float sink = sinks != nullptr ? sinks[h] : 0.f;
-            if (sinks != nullptr) m = fmaxf(m, sink);
-            double part = 0.0;
-            for (int i = lane; i < n; i += 32) {
-                const float e = expf(__fsub_rn(sh[i], m));
-                sh[i] = e;
-                part += (double)e;
-            }
-            double total = warp_sum_d(part);
-            if (sinks != nullptr) total += (double)expf(__fsub_rn(sink, m));
-            const float inv = (float)(1.0 / total);
-            for (int i = lane; i < n16; i += 32) ph[i] = i < n ? f2h(__fmul_rn(sh[i], inv)) : (u16)0;
-        }
-        __syncthreads();
-        if (FMV_ABLATE == 10) return qs;
-        // P.V on the tensor cores: a warp's task is one group's gs heads (A: their
-        // probabilities) against 8 columns of V (B: 16 positions a step, two halves from
-        // rows t and t + 1 in a register; positions past p zero, the new row from vn).
-        // Four steps' loads are issued before their products.
-        const int nd = D >> 3, ns = n16 >> 4;
-        for (int item = warp; item < G * nd; item += FMV_WARPS) {
-            const int g = item / nd, jd = item - g * nd, col = 8 * jd + g4;  // lane's B column
-            const u16* vcol = vs + g * D + col;
-            const u16 vnew = f2h(vn[g * D + col]);
-            const u16* p0 = ps + (g * gs + g4) * tmax + k2;
-            const u16* p1 = p0 + 8 * tmax;
-            float c[4] = {0.f, 0.f, 0.f, 0.f};
-            for (int s0 = 0; s0 < ns; s0 += 4) {
-                u16 vv[4][4];
-#pragma unroll
-                for (int u = 0; u < 4; ++u) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int t = t0 + 16 * (s0 + u) + k2 + (e & 1) + 8 * (e >> 1);
-                        vv[u][e] = t < p ? vcol[(t - t0) * sp] : t == p ? vnew : (u16)0;
-                    }
-                }
-#pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                    const int st = s0 + u;
-                    if (st >= ns) break;
-                    const u32 af[4] = {r0 ? *(const u32*)(p0 + 16 * st) : 0u, r1 ? *(const u32*)(p1 + 16 * st) : 0u,
-                                       r0 ? *(const u32*)(p0 + 16 * st + 8) : 0u,
-                                       r1 ? *(const u32*)(p1 + 16 * st + 8) : 0u};
-                    mma16816(c, af, pack_h2(vv[u][0], vv[u][1]), pack_h2(vv[u][2], vv[u][3]));
-                }
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int hh = g4 + 8 * (e >> 1);
-                if (hh < gs) out[(g * gs + hh) * D + 8 * jd + k2 + (e & 1)] = c[e];
-            }
-        }
-        __syncthreads();
-        return out;
-    }
-};
-
-template <int A, class Pro>
+template <int A>
 DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K, int mode, int iters,
                   int wpr, int rpw, int per, int nst, int pass_bytes,
                   const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0,
@@ -981,7 +700,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
                   const float* __restrict__ resid, i8* rq, float* rd, int* rsum, unsigned* rcnt,
                   const i8* __restrict__ pq, const float* __restrict__ pd, const int* __restrict__ psum,
                   const int* __restrict__ eids, i64 wstride, i64 bstride, int xstride, int xdiv, int ystride,
-                  float oai_alpha, float oai_limit, Pro pro) {
+                  float oai_alpha, float oai_limit) {
     extern __shared__ __align__(16) float fmv_smem[];
     TL_BEGIN
     if (eids != nullptr) {
@@ -1010,8 +729,6 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     const int u0 = mode == 3 ? 0 : part * per;
     const int nu = mode == 3 ? nunits : max(0, min(per, nunits - u0));
     u8* ring = (u8*)fmv_smem + act_smem_bytes(K) + (i64)warp * nst * npass * pass_bytes;
-    // (the input's producer's scratch, after every warp's ring: AttPro)
-    pro.scratch = (float*)((u8*)fmv_smem + act_smem_bytes(K) + (i64)FMV_WARPS * nst * npass * pass_bytes);
     // Where this warp's units lie in a row of each weight (bytes from the row's start, and how
     // many): constant over the rounds, so computed once.
     const int off0 = unit_offset(t0, u0), len0 = unit_offset(t0, u0 + nu) - off0;
@@ -1080,15 +797,14 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
     // (Rows past the ring are not prefetched into L2 ahead of their copies: on the H200 that
     // cost the Qwen-shape step ~30 µs, bench/gpu_decode_ablation.py's "no row prefetch".)
     if (!norm_async) stage_norm(nw, K, xs);
-    pro.ahead();
     pdl_wait();
-    TL_WAITED((Pro::KIND ? Pro::KIND : 1u + (unsigned)mode) + ((unsigned)K << 4))
+    TL_WAITED(1u + (unsigned)mode + ((unsigned)K << 4))
     // the norm weights' group has landed (load_act's barriers show them to every thread)
     if (norm_async) cp_async_wait(nst);
     if (late_ring)
         for (int it = 0; it < nst; ++it) issue(it, it);
     if (pq != nullptr) load_pre(pq, pd, psum, K, xs);
-    else load_act<A>(pro.run(x), nw, eps, K, xs, ss, true);
+    else load_act<A>(x, nw, eps, K, xs, ss, true);
     TL_MARK(0)
     int sl = 0;  // ring slot of round it
     for (int it = 0; it < iters; ++it) {
@@ -1169,21 +885,7 @@ DEV void fmv_impl(const float* __restrict__ x, const float* __restrict__ nw, flo
         fmv_impl<A>(x, nw, eps, K, mode, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, b0, y0, \
                     W1, rb1, t1, n1, b1, y1,                                                           \
                     W2, rb2, t2, n2, b2, y2, resid, rq, rd, rsum, rcnt, pq, pd, psum,                  \
-                    eids, wstride, bstride, xstride, xdiv, ystride, oai_alpha, oai_limit, NoPro{nullptr});    \
-    }                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(FMV_THREADS, 2) fmva_##NAME(                           \
-        int K, int iters, int wpr, int rpw, int per, int nst, int pass_bytes,                          \
-        const u8* W0, i64 rb0, int t0, int n0, const float* b0, float* y0, const float* resid,         \
-        const float* q, const float* k, const float* v, u16* kc, u16* vc, const int* pos, int start,   \
-        int n_head, int n_kv, int d, int n_rot, float theta_scale, int style, float q_scale,           \
-        int has_q_scale, float scale, int window, const unsigned long long* kv, int layer,             \
-        const float* rcos, const float* rsin, const float* sinks, int tmax) {                          \
-        AttPro pro{q, k, v, kc, vc, pos, start, n_head, n_kv, d, n_rot, theta_scale, style, q_scale,   \
-                   has_q_scale, scale, window, kv, layer, rcos, rsin, sinks, tmax, nullptr, 0, 0};     \
-        fmv_impl<A>(nullptr, nullptr, 0.f, K, 1, iters, wpr, rpw, per, nst, pass_bytes, W0, rb0, t0, n0, \
-                    b0, y0, nullptr, 0, -1, 0, nullptr, nullptr, nullptr, 0, -1, 0, nullptr, nullptr,  \
-                    resid, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0,  \
-                    0, 0, 1, 0, 0.f, 0.f, pro);                                                        \
+                    eids, wstride, bstride, xstride, xdiv, ystride, oai_alpha, oai_limit);             \
     }
 
 FMV_INSTANTIATE(A_F32, f32)
@@ -1552,7 +1254,7 @@ DEV void attn_out_impl(const float* __restrict__ q, const float* __restrict__ k,
             y[rr] = __fadd_rn(resid[rr], acc);
         }
     };
-    attn_head(h, q, k, v, kc, vc, os, sc, 11u + ((unsigned)smax << 4), pos, start, n_head, n_kv, d, n_rot,
+    attn_head(h, q, k, v, kc, vc, os, sc, 11u + ((unsigned)(n_head * d) << 4), pos, start, n_head, n_kv, d, n_rot,
               theta_scale, style, q_scale, has_q_scale, scale, window, kv, layer, rcos, rsin, sinks,
               blockIdx.y == 0, ahead, tail, FMV_ABLATE == 14);
 #else

@@ -56,7 +56,7 @@ DEV void pdl_wait() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
-// Tensor cores (prefill.cu's attention, decode.cu's AttPro): mma.sync m16n8k16, f16 inputs,
+// Tensor cores (prefill.cu's attention): mma.sync m16n8k16, f16 inputs,
 // f32 accumulation. Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"): g = lane / 4,
 // k2 = 2 * (lane % 4);
 //   A (16 x 16, row-major): a[0] = A[g][k2..k2+1], a[1] = A[g+8][k2..], a[2] = A[g][k2+8..],
