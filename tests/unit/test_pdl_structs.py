@@ -55,3 +55,30 @@ def test_kernel_args_keep_their_width():
         pdl.pack_args((np.float64(1.0),))
     with pytest.raises(TypeError, match="int"):
         pdl.pack_args((3,))
+
+
+@pytest.mark.parametrize("programmatic", [True, False])
+def test_launcher_attribute_lists(programmatic):
+    # the attributes a launch hands the driver, without libcuda: cuLaunchKernelEx and
+    # cuFuncSetAttribute replaced by recorders
+    seen, allowed = [], []
+    launcher = pdl.PdlLauncher.__new__(pdl.PdlLauncher)
+    launcher.programmatic = programmatic
+    launcher._attr = pdl.programmatic_attribute()
+    launcher._attr_lists, launcher._non_portable = {}, set()
+    launcher._set_attr = lambda func, attr, value: allowed.append((func.value, attr, value)) or 0
+
+    def launch(cfg, func, params, extra):
+        c = cfg._obj
+        seen.append([(c.attrs[i].id, tuple(c.attrs[i].value.clusterDim)) for i in range(c.numAttrs)])
+        return 0
+
+    launcher._launch = launch
+    for cluster in (0, 14, 14, 4):
+        launcher(0x1000, 14, 128, (np.int32(1),), 0, 0, grid_y=4, cluster=cluster)
+    ids = [[a for a, _ in attrs] for attrs in seen]
+    first = [6] if programmatic else []
+    assert ids == [first, *[[*first, 4]] * 3]
+    assert seen[1][-1][1] == (14, 1, 1) and seen[3][-1][1] == (4, 1, 1)
+    # a cluster of more than 8 blocks is allowed once per function; 8 or fewer never asks
+    assert allowed == [(0x1000, 14, 1)]

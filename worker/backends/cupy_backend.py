@@ -1361,7 +1361,7 @@ class CupyBackend(Backend):
         n, n_head, d = q.shape
         residual = self._f32(residual)
         if (n == 1 and (step.fuse_att if step is not None else start + 1 <= self._att_o_max) and self._att_o_ok
-                and (self._pdl is not None or self._ex is not None) and n_head <= 16 and d % 32 == 0 and d <= 256
+                and self._ex is not None and n_head <= 16 and d % 32 == 0 and d <= 256
                 and n_head % k.shape[1] == 0 and getattr(wo, "type_id", -1) in ATT_O_CLUSTER_TYPES
                 and wo.n_in == n_head * d and residual.shape == (1, wo.n_out)):  # fmt: skip
             y = self._attention_output_cluster(q, k, v, cache, layer, start, cfg, wo, residual, q_scale, bias)
@@ -1377,6 +1377,7 @@ class CupyBackend(Backend):
         """attention_output's launch of attn_out_*, or None (for attn_decode and fmv_*) where
         the attention has no device-position kernel or the scratch does not fit."""
         n_head, d = q.shape[1], q.shape[2]
+        # (the programmatic attribute as every decode launch has it, unless switched off)
         launcher = self._pdl if self._pdl is not None else self._ex
         setup = self._att_setup(q, k, v, cache, layer, start, cfg, q_scale, None, None, 0)
         if setup is None or launcher is None:

@@ -106,6 +106,7 @@ class PdlLauncher:
         self._set_attr.restype = ctypes.c_int
         self._set_attr.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self._non_portable: set[int] = set()
+        self._attr_lists: dict[int, ctypes.Array[CUlaunchAttribute]] = {}  # cluster size -> attributes
         self._launch = lib.cuLaunchKernelEx
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [
@@ -122,16 +123,16 @@ class PdlLauncher:
     ) -> None:
         """cluster > 0: clusters of that many blocks along x (grid a multiple of it); past the
         8 every GPU takes, the function is allowed non-portable sizes first (the H100: 16)."""
-        attrs = [self._attr] if self.programmatic else []
-        if cluster:
-            if cluster > 8 and func_ptr not in self._non_portable:
-                rc = self._set_attr(ctypes.c_void_p(func_ptr), CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
-                if rc != 0:
-                    raise RuntimeError(f"cuFuncSetAttribute (non-portable cluster size) failed: CUresult {rc}")
-                self._non_portable.add(func_ptr)
-            attrs.append(cluster_attribute(cluster))
-        arr = (CUlaunchAttribute * len(attrs))(*attrs)
-        cfg = CUlaunchConfig(grid, grid_y, 1, block, 1, 1, shared_mem, stream_ptr, arr, len(attrs))
+        if cluster > 8 and func_ptr not in self._non_portable:
+            rc = self._set_attr(ctypes.c_void_p(func_ptr), CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
+            if rc != 0:
+                raise RuntimeError(f"cuFuncSetAttribute (non-portable cluster size) failed: CUresult {rc}")
+            self._non_portable.add(func_ptr)
+        arr = self._attr_lists.get(cluster)
+        if arr is None:  # (built once per cluster size: every decode launch comes through here)
+            attrs = ([self._attr] if self.programmatic else []) + ([cluster_attribute(cluster)] if cluster else [])
+            arr = self._attr_lists[cluster] = (CUlaunchAttribute * len(attrs))(*attrs)
+        cfg = CUlaunchConfig(grid, grid_y, 1, block, 1, 1, shared_mem, stream_ptr, arr, len(arr))
         _buf, params = pack_args(args)  # _buf: the values params point at, alive until the call returns
         rc = self._launch(ctypes.byref(cfg), ctypes.c_void_p(func_ptr), params, None)
         if rc != 0:

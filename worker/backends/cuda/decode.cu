@@ -1149,7 +1149,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode(
 // tail, not at the start as elsewhere): these blocks are small, and letting gate/up start at
 // once let gate/up and then down occupy the multiprocessors early, so that the next layer's
 // norm + QKV found no room to stage its weights ahead (bench/gpu_timeline.py: its products
-// took 3.2 µs instead of 2.0) and the step took 774.8 µs against 738.0 (Qwen shape, H100).
+// took 3.1 µs instead of 2.0) and the step took 774.8 µs against 738.0 (Qwen shape, H100).
 #if __CUDA_ARCH__ >= 900
 DEV void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");

@@ -56,21 +56,6 @@ DEV void pdl_wait() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
-// Tensor cores (prefill.cu's attention): mma.sync m16n8k16, f16 inputs,
-// f32 accumulation. Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"): g = lane / 4,
-// k2 = 2 * (lane % 4);
-//   A (16 x 16, row-major): a[0] = A[g][k2..k2+1], a[1] = A[g+8][k2..], a[2] = A[g][k2+8..],
-//                           a[3] = A[g+8][k2+8..]   (two halves per register, low first)
-//   B (16 x 8, "col"):      b[0] = B[k2..k2+1][g],  b[1] = B[k2+8..k2+9][g]
-//   C (16 x 8):             c[0..1] = C[g][k2..k2+1], c[2..3] = C[g+8][k2..k2+1]
-DEV void mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-DEV u32 pack_h2(u16 lo, u16 hi) { return (u32)lo | ((u32)hi << 16); }
 #else
 // ---- host shim: compile with g++ -ffp-contract=off (tests only) ----
 #include <math.h>
